@@ -14,7 +14,10 @@ use crate::InferenceService;
 /// The CRD with descriptions of embedded Kubernetes types stripped.
 pub fn inference_service_crd() -> CustomResourceDefinition {
     let mut crd = serde_json::to_value(InferenceService::crd()).expect("a CRD serializes to JSON");
-    if let Some(versions) = crd.pointer_mut("/spec/versions").and_then(Value::as_array_mut) {
+    if let Some(versions) = crd
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    {
         for version in versions {
             for embedded in [
                 "/schema/openAPIV3Schema/properties/spec/properties/roles/items/properties/template",

@@ -126,7 +126,11 @@ impl EndpointPickerConfig {
             }]
         })?;
         let errors = config.structural_errors();
-        if errors.is_empty() { Ok(config) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
     }
 
     /// The plugin instance named `name`.
@@ -136,7 +140,8 @@ impl EndpointPickerConfig {
 
     fn structural_errors(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        let mut error = |field: String, message: String| errors.push(ConfigError { field, message });
+        let mut error =
+            |field: String, message: String| errors.push(ConfigError { field, message });
         if !ACCEPTED_API_VERSIONS.contains(&self.api_version.as_str()) {
             error(
                 "apiVersion".into(),
@@ -156,14 +161,23 @@ impl EndpointPickerConfig {
             }
             let name = plugin.instance_name();
             if self.plugins[..i].iter().any(|p| p.instance_name() == name) {
-                error(format!("plugins[{i}].name"), format!("plugin name {name:?} is used twice"));
+                error(
+                    format!("plugins[{i}].name"),
+                    format!("plugin name {name:?} is used twice"),
+                );
             }
         }
         if self.scheduling_profiles.is_empty() {
-            error("schedulingProfiles".into(), "at least one profile is required".into());
+            error(
+                "schedulingProfiles".into(),
+                "at least one profile is required".into(),
+            );
         }
         for (i, profile) in self.scheduling_profiles.iter().enumerate() {
-            if self.scheduling_profiles[..i].iter().any(|p| p.name == profile.name) {
+            if self.scheduling_profiles[..i]
+                .iter()
+                .any(|p| p.name == profile.name)
+            {
                 error(
                     format!("schedulingProfiles[{i}].name"),
                     format!("profile name {:?} is used twice", profile.name),
@@ -174,13 +188,19 @@ impl EndpointPickerConfig {
                 if self.plugin(&reference.plugin_ref).is_none() {
                     error(
                         format!("{field}.pluginRef"),
-                        format!("{:?} names no plugin declared under plugins", reference.plugin_ref),
+                        format!(
+                            "{:?} names no plugin declared under plugins",
+                            reference.plugin_ref
+                        ),
                     );
                 }
                 if let Some(weight) = reference.weight
                     && !(weight.is_finite() && weight >= 0.0)
                 {
-                    error(format!("{field}.weight"), format!("{weight} must be a finite number ≥ 0"));
+                    error(
+                        format!("{field}.weight"),
+                        format!("{weight} must be a finite number ≥ 0"),
+                    );
                 }
             }
         }

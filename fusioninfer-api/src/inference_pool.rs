@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
     version = "v1",
     kind = "InferencePool",
     namespaced,
-    schema = "disabled"
+    schema = "disabled",
+    derive = "PartialEq",
+    derive = "Default"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InferencePoolSpec {

@@ -62,7 +62,10 @@ pub struct InferenceServiceSpec {
 pub struct Role {
     /// Unique name of the role; a DNS-1035 label. Derived object names are `{service}-{name}`,
     /// so the service and role names together must stay within Kubernetes name limits.
-    #[schemars(length(min = 1, max = 50), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 50),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// What the role does.
@@ -114,7 +117,20 @@ fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schem
 }
 
 /// What a role does.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ComponentType {
     /// A monolithic model server (prefill and decode in one engine).

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
     kind = "LeaderWorkerSet",
     namespaced,
     status = "LeaderWorkerSetStatus",
-    schema = "disabled"
+    schema = "disabled",
+    derive = "PartialEq",
+    derive = "Default"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LeaderWorkerSetSpec {

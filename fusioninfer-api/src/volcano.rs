@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
     kind = "PodGroup",
     namespaced,
     status = "PodGroupStatus",
-    schema = "disabled"
+    schema = "disabled",
+    derive = "PartialEq",
+    derive = "Default"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PodGroupSpec {

@@ -1,0 +1,390 @@
+//! Validation of an `InferenceService` beyond what its OpenAPI schema checks: topology, router
+//! fields, name lengths, resource quantities, the embedded EndpointPickerConfig and HTTPRoute.
+//! Every problem is returned, each naming the role and field and saying what is allowed.
+
+use std::fmt;
+
+use fusioninfer_api::epp_config::EndpointPickerConfig;
+use fusioninfer_api::labels::VOLCANO_SCHEDULER;
+use fusioninfer_api::{ComponentType, InferenceService, MAX_ROLES, Role, RoutingStrategy};
+use gateway_api::httproutes::HttpRouteSpec;
+
+use crate::names::{DNS1035_LABEL_MAX, longest_derived_name, service_name};
+use crate::quantity::Nanos;
+
+/// One problem with a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// JSON path of the offending field, e.g. `spec.roles[2].multinode`.
+    pub field: String,
+    /// Name of the role concerned, when there is one.
+    pub role: Option<String>,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.role {
+            Some(role) => write!(f, "{} (role {role:?}): {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// Checks `isvc` and returns every problem found (empty when valid).
+pub fn validate(isvc: &InferenceService) -> Vec<ValidationError> {
+    let mut v = Validator::default();
+    let service = service_name(isvc);
+    v.service_name(service);
+    let roles = &isvc.spec.roles;
+    if roles.is_empty() {
+        v.error("spec.roles", None, "at least one role is required");
+    }
+    if roles.len() > MAX_ROLES as usize {
+        v.error(
+            "spec.roles",
+            None,
+            format!(
+                "at most {MAX_ROLES} roles are allowed, found {}",
+                roles.len()
+            ),
+        );
+    }
+    for (index, role) in roles.iter().enumerate() {
+        v.role(service, index, role, roles);
+    }
+    v.topology(roles);
+    v.scheduling(isvc);
+    v.errors
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ValidationError>,
+}
+
+impl Validator {
+    fn error(&mut self, field: impl Into<String>, role: Option<&str>, message: impl Into<String>) {
+        self.errors.push(ValidationError {
+            field: field.into(),
+            role: role.map(str::to_owned),
+            message: message.into(),
+        });
+    }
+
+    fn service_name(&mut self, service: &str) {
+        if service.is_empty() {
+            self.error("metadata.name", None, "the InferenceService needs a name");
+        } else if let Err(problem) = dns1035_label(service) {
+            self.error(
+                "metadata.name",
+                None,
+                format!("{service:?} {problem}; it names Services and label values, which must be DNS-1035 labels"),
+            );
+        }
+    }
+
+    fn role(&mut self, service: &str, index: usize, role: &Role, roles: &[Role]) {
+        let path = format!("spec.roles[{index}]");
+        let name = Some(role.name.as_str());
+        if let Err(problem) = dns1035_label(&role.name) {
+            self.error(
+                format!("{path}.name"),
+                name,
+                format!("{:?} {problem}", role.name),
+            );
+        }
+        if let Some(first) = roles[..index].iter().position(|r| r.name == role.name) {
+            self.error(
+                format!("{path}.name"),
+                name,
+                format!("role name {:?} is already used by spec.roles[{first}]; role names must be unique", role.name),
+            );
+        }
+        if role.replicas < 0 {
+            self.error(
+                format!("{path}.replicas"),
+                name,
+                format!("{} must be ≥ 0", role.replicas),
+            );
+        }
+        if let Some(multinode) = &role.multinode {
+            if role.component_type == ComponentType::Router {
+                self.error(
+                    format!("{path}.multinode"),
+                    name,
+                    "multinode is not allowed on a router role; it applies to worker, prefiller and decoder roles",
+                );
+            } else if multinode.node_count < 1 {
+                self.error(
+                    format!("{path}.multinode.nodeCount"),
+                    name,
+                    format!("{} must be ≥ 1", multinode.node_count),
+                );
+            } else if role.replicas.checked_mul(multinode.node_count).is_none() {
+                self.error(
+                    format!("{path}.multinode.nodeCount"),
+                    name,
+                    "replicas × nodeCount is too large",
+                );
+            }
+        }
+        if role.component_type == ComponentType::Router {
+            self.router_fields(&path, role, roles);
+        } else {
+            self.serving_role(&path, role);
+        }
+        if !service.is_empty() && dns1035_label(&role.name).is_ok() {
+            let (derived, limit) = longest_derived_name(service, role);
+            if derived.len() > limit {
+                self.error(
+                    format!("{path}.name"),
+                    name,
+                    format!(
+                        "derived object name {derived:?} is {} characters, over the limit of {limit}; shorten the service or role name",
+                        derived.len()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn serving_role(&mut self, path: &str, role: &Role) {
+        let name = Some(role.name.as_str());
+        let kind = role.component_type.as_str();
+        let router_only = [
+            ("strategy", role.strategy.is_some()),
+            (
+                "endpointPickerConfig",
+                role.endpoint_picker_config.is_some(),
+            ),
+            ("httproute", role.httproute.is_some()),
+            ("failureMode", role.failure_mode.is_some()),
+        ];
+        for (field, set) in router_only {
+            if set {
+                self.error(
+                    format!("{path}.{field}"),
+                    name,
+                    format!("{field} is only allowed on a router role, not on a {kind}"),
+                );
+            }
+        }
+        let containers = role
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .map(|s| &s.containers);
+        match containers {
+            None => self.error(
+                format!("{path}.template"),
+                name,
+                format!("a {kind} role needs a pod template with at least one container"),
+            ),
+            Some(containers) if containers.is_empty() => self.error(
+                format!("{path}.template.spec.containers"),
+                name,
+                "at least one container is required",
+            ),
+            Some(containers) => {
+                for (c, container) in containers.iter().enumerate() {
+                    let Some(resources) = &container.resources else {
+                        continue;
+                    };
+                    for (section, list) in [
+                        ("requests", &resources.requests),
+                        ("limits", &resources.limits),
+                    ] {
+                        for (resource, quantity) in list.iter().flatten() {
+                            if let Err(e) = Nanos::parse(&quantity.0) {
+                                self.error(
+                                    format!("{path}.template.spec.containers[{c}].resources.{section}.{resource}"),
+                                    name,
+                                    e.to_string(),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn router_fields(&mut self, path: &str, role: &Role, roles: &[Role]) {
+        let name = Some(role.name.as_str());
+        if role.strategy == Some(RoutingStrategy::PdDisaggregation) && !is_disaggregated(roles) {
+            self.error(
+                format!("{path}.strategy"),
+                name,
+                "pd-disaggregation needs at least one prefiller and one decoder role",
+            );
+        }
+        if let Some(text) = &role.endpoint_picker_config
+            && let Err(errors) = EndpointPickerConfig::parse(text)
+        {
+            for e in errors {
+                self.error(
+                    format!("{path}.endpointPickerConfig.{}", e.field),
+                    name,
+                    e.message,
+                );
+            }
+        }
+        if let Some(value) = &role.httproute {
+            match serde_json::from_value::<HttpRouteSpec>(value.clone()) {
+                Err(e) => self.error(
+                    format!("{path}.httproute"),
+                    name,
+                    format!("not a Gateway API HTTPRouteSpec: {e}"),
+                ),
+                Ok(route) => {
+                    for (r, rule) in route.rules.iter().flatten().enumerate() {
+                        if rule
+                            .backend_refs
+                            .as_ref()
+                            .is_some_and(|refs| !refs.is_empty())
+                        {
+                            self.error(
+                                format!("{path}.httproute.rules[{r}].backendRefs"),
+                                name,
+                                "backendRefs are always this service's InferencePool; remove them",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn topology(&mut self, roles: &[Role]) {
+        let of = |kind: ComponentType| -> Vec<&str> {
+            roles
+                .iter()
+                .filter(|r| r.component_type == kind)
+                .map(|r| r.name.as_str())
+                .collect()
+        };
+        let (workers, prefillers, decoders, routers) = (
+            of(ComponentType::Worker),
+            of(ComponentType::Prefiller),
+            of(ComponentType::Decoder),
+            of(ComponentType::Router),
+        );
+        let quoted = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !workers.is_empty() && !(prefillers.is_empty() && decoders.is_empty()) {
+            let disaggregated: Vec<&str> = prefillers.iter().chain(&decoders).copied().collect();
+            self.error(
+                "spec.roles",
+                None,
+                format!(
+                    "worker role(s) {} cannot be mixed with prefiller/decoder role(s) {}: use exactly one worker (monolithic) or at least one prefiller and one decoder (disaggregated)",
+                    quoted(&workers),
+                    quoted(&disaggregated)
+                ),
+            );
+        } else if workers.len() > 1 {
+            self.error(
+                "spec.roles",
+                None,
+                format!(
+                    "a monolithic service has exactly one worker role, found {}",
+                    quoted(&workers)
+                ),
+            );
+        } else if workers.is_empty() {
+            match (prefillers.is_empty(), decoders.is_empty()) {
+                (true, true) => self.error(
+                    "spec.roles",
+                    None,
+                    "no serving role: add one worker (monolithic) or at least one prefiller and one decoder (disaggregated)",
+                ),
+                (false, true) => self.error(
+                    "spec.roles",
+                    None,
+                    format!("prefiller role(s) {} need at least one decoder role", quoted(&prefillers)),
+                ),
+                (true, false) => self.error(
+                    "spec.roles",
+                    None,
+                    format!("decoder role(s) {} need at least one prefiller role", quoted(&decoders)),
+                ),
+                (false, false) => {}
+            }
+        }
+        if routers.len() > 1 {
+            self.error(
+                "spec.roles",
+                None,
+                format!(
+                    "at most one router role is allowed, found {}",
+                    quoted(&routers)
+                ),
+            );
+        }
+    }
+
+    fn scheduling(&mut self, isvc: &InferenceService) {
+        let Some(strategy) = &isvc.spec.scheduling_strategy else {
+            return;
+        };
+        let volcano = strategy.scheduler_name.as_deref() == Some(VOLCANO_SCHEDULER);
+        if strategy.scheduler_name.as_deref() == Some("") {
+            self.error(
+                "spec.schedulingStrategy.schedulerName",
+                None,
+                "must not be empty; omit it for the default scheduler",
+            );
+        }
+        for (field, set) in [
+            ("queue", strategy.queue.is_some()),
+            ("priorityClassName", strategy.priority_class_name.is_some()),
+        ] {
+            if set && !volcano {
+                self.error(
+                    format!("spec.schedulingStrategy.{field}"),
+                    None,
+                    "only used with schedulerName: volcano (it configures the Volcano PodGroup)",
+                );
+            }
+        }
+    }
+}
+
+/// Whether the roles describe a disaggregated (prefill/decode) service.
+pub fn is_disaggregated(roles: &[Role]) -> bool {
+    roles
+        .iter()
+        .any(|r| r.component_type == ComponentType::Prefiller)
+        && roles
+            .iter()
+            .any(|r| r.component_type == ComponentType::Decoder)
+}
+
+/// Checks a DNS-1035 label: lowercase letters, digits and `-`, starting with a letter, ending
+/// with a letter or digit, at most 63 characters.
+pub fn dns1035_label(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > DNS1035_LABEL_MAX {
+        return Err(format!(
+            "is {} characters; at most {DNS1035_LABEL_MAX} are allowed",
+            name.len()
+        ));
+    }
+    let allowed = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if !allowed || !bytes[0].is_ascii_lowercase() || bytes[bytes.len() - 1] == b'-' {
+        return Err("is not a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit)".into());
+    }
+    Ok(())
+}
