@@ -29,5 +29,6 @@ pub mod manifest;
 pub mod names;
 pub mod plan;
 pub mod quantity;
+pub mod status;
 pub mod strategy;
 pub mod validate;
