@@ -75,6 +75,8 @@ impl Default for PlanOptions {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 #[allow(missing_docs)]
+// A plan holds a dozen objects at most; boxing every variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum DesiredObject {
     PodGroup(PodGroup),
     StatefulSet(StatefulSet),

@@ -10,6 +10,7 @@ use fusioninfer_api::{ComponentType, InferenceService, MAX_ROLES, Role, RoutingS
 use gateway_api::httproutes::HttpRouteSpec;
 
 use crate::names::{DNS1035_LABEL_MAX, longest_derived_name, service_name};
+use crate::plan::{DEFAULT_SERVING_PORT, serving_port};
 use crate::quantity::Nanos;
 
 /// One problem with a spec.
@@ -55,6 +56,7 @@ pub fn validate(isvc: &InferenceService) -> Vec<ValidationError> {
         v.role(service, index, role, roles);
     }
     v.topology(roles);
+    v.serving_ports(roles);
     v.scheduling(isvc);
     v.errors
 }
@@ -239,6 +241,16 @@ impl Validator {
                     format!("not a Gateway API HTTPRouteSpec: {e}"),
                 ),
                 Ok(route) => {
+                    let typed = serde_json::to_value(&route).expect("HTTPRoute specs serialize");
+                    let mut unknown = Vec::new();
+                    dropped_fields(value, &typed, &format!("{path}.httproute"), &mut unknown);
+                    for field in unknown {
+                        self.error(
+                            field,
+                            name,
+                            "unknown field: not part of the Gateway API HTTPRouteSpec",
+                        );
+                    }
                     for (r, rule) in route.rules.iter().flatten().enumerate() {
                         if rule
                             .backend_refs
@@ -253,6 +265,39 @@ impl Validator {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The InferencePool has one port list for all its pods, so every serving role must listen
+    /// on the same port when a router fronts them.
+    fn serving_ports(&mut self, roles: &[Role]) {
+        if !roles
+            .iter()
+            .any(|r| r.component_type == ComponentType::Router)
+        {
+            return;
+        }
+        let serving: Vec<(usize, &Role)> = roles
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.component_type != ComponentType::Router)
+            .collect();
+        let Some((_, first)) = serving.first() else {
+            return;
+        };
+        let port = serving_port(first);
+        for (index, role) in &serving[1..] {
+            let other = serving_port(role);
+            if other != port {
+                self.error(
+                    format!("spec.roles[{index}].template.spec.containers[0].ports"),
+                    Some(&role.name),
+                    format!(
+                        "serves on port {other} but role {:?} serves on {port}; the InferencePool needs one serving port (the container port named http, else {DEFAULT_SERVING_PORT})",
+                        first.name
+                    ),
+                );
             }
         }
     }
@@ -278,8 +323,8 @@ impl Validator {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        if !workers.is_empty() && !(prefillers.is_empty() && decoders.is_empty()) {
-            let disaggregated: Vec<&str> = prefillers.iter().chain(&decoders).copied().collect();
+        let disaggregated: Vec<&str> = prefillers.iter().chain(&decoders).copied().collect();
+        if !workers.is_empty() && !disaggregated.is_empty() {
             self.error(
                 "spec.roles",
                 None,
@@ -387,4 +432,33 @@ pub fn dns1035_label(name: &str) -> Result<(), String> {
         return Err("is not a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit)".into());
     }
     Ok(())
+}
+
+/// Paths of fields present in `original` but gone from `typed` (its typed round trip): fields
+/// the type does not know, which serde would otherwise drop silently.
+fn dropped_fields(
+    original: &serde_json::Value,
+    typed: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (original, typed) {
+        (Value::Object(original), Value::Object(typed)) => {
+            for (key, value) in original {
+                let field = format!("{path}.{key}");
+                match typed.get(key) {
+                    Some(typed_value) => dropped_fields(value, typed_value, &field, out),
+                    None if !value.is_null() => out.push(field),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(original), Value::Array(typed)) => {
+            for (i, (value, typed_value)) in original.iter().zip(typed).enumerate() {
+                dropped_fields(value, typed_value, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
