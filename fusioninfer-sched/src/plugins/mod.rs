@@ -1,0 +1,49 @@
+//! Built-in plugins, registered under their GAIE / llm-d type names by
+//! [`Registry::with_builtins`](crate::Registry::with_builtins):
+//!
+//! | type | role |
+//! |---|---|
+//! | `single-profile-handler` | profile handler (default for one profile) |
+//! | `pd-profile-handler`, `disagg-profile-handler` | profile handlers for prefill/decode |
+//! | `prefix-based-pd-decider`, `always-disagg-pd-decider` | PD deciders |
+//! | `prefill-header-handler` | post-decision: `x-prefiller-host-port` |
+//! | `max-score-picker` (default picker), `random-picker`, `weighted-random-picker`, `round-robin-picker` | pickers |
+//! | `queue-scorer`, `running-requests-size-scorer`, `kv-cache-utilization-scorer`, `lora-affinity-scorer` | scorers |
+//! | `prefix-cache-scorer` | scorer + post-decision (index update) |
+//! | `active-request-scorer` | scorer + post-decision + post-response (load accounting) |
+//! | `by-label`, `prefill-filter`, `decode-filter` | filters |
+
+mod active_request;
+mod filters;
+mod pickers;
+mod prefix;
+mod profile;
+mod scorers;
+
+pub use active_request::ActiveRequestScorer;
+pub use filters::{ByLabel, component_label_value};
+pub use pickers::{MaxScorePicker, RandomPicker, RoundRobinPicker, WeightedRandomPicker};
+pub use prefix::{PrefixCacheConfig, PrefixCacheScorer, PrefixMatch};
+pub use profile::{
+    AlwaysDisaggPdDecider, PREFILL_HEADER_HANDLER_TYPES, PdProfileHandler, PrefillHeaderHandler,
+    PrefixBasedPdDecider, SingleProfileHandler,
+};
+pub use scorers::{
+    KvCacheUtilizationScorer, LoraAffinityScorer, QueueScorer, RunningRequestsScorer,
+};
+
+use crate::registry::Registry;
+
+/// Parameters of plugins that take none: anything but `{}` is an error.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoParameters {}
+
+pub(crate) fn register_builtins(registry: &mut Registry) {
+    profile::register(registry);
+    pickers::register(registry);
+    scorers::register(registry);
+    active_request::register(registry);
+    prefix::register(registry);
+    filters::register(registry);
+}
