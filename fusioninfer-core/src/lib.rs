@@ -29,6 +29,7 @@ pub mod manifest;
 pub mod names;
 pub mod plan;
 pub mod quantity;
+pub mod reconcile;
 pub mod status;
 pub mod strategy;
 pub mod validate;
