@@ -86,6 +86,32 @@ impl Prompt {
         }
     }
 
+    /// The first `limit` bytes (or fewer) of [`Prompt::cache_text`]; prefix matching only
+    /// reads that far, and long conversations need not be copied whole.
+    pub fn cache_text_prefix(&self, limit: usize) -> Cow<'_, [u8]> {
+        match self {
+            Prompt::Text(text) => Cow::Borrowed(&text.as_bytes()[..text.len().min(limit)]),
+            Prompt::Messages(messages) => {
+                let mut text = Vec::with_capacity(self.cache_text_len().min(limit));
+                for message in messages {
+                    for part in [
+                        message.role.as_bytes(),
+                        b"\n",
+                        message.content.as_bytes(),
+                        b"\n",
+                    ] {
+                        let room = limit - text.len();
+                        text.extend_from_slice(&part[..part.len().min(room)]);
+                    }
+                    if text.len() == limit {
+                        break;
+                    }
+                }
+                Cow::Owned(text)
+            }
+        }
+    }
+
     /// Length in bytes of [`Prompt::cache_text`], without building it.
     pub fn cache_text_len(&self) -> usize {
         match self {
@@ -185,6 +211,20 @@ mod tests {
         let b = Prompt::Messages(longer);
         assert!(b.cache_text().starts_with(&*a.cache_text()));
         assert_eq!(a.cache_text().len(), a.cache_text_len());
+        for limit in [0, 3, 7, 9, 100] {
+            let full = b.cache_text();
+            assert_eq!(
+                &*b.cache_text_prefix(limit),
+                &full.as_bytes()[..full.len().min(limit)],
+                "{limit}"
+            );
+        }
+        let text = Prompt::Text("héllo".into());
+        assert_eq!(
+            &*text.cache_text_prefix(2),
+            &"héllo".as_bytes()[..2],
+            "cuts bytes, not characters"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! `lruCapacityPerServer` (blocks per endpoint, default 31250).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, RwLock};
@@ -190,11 +191,13 @@ impl PrefixCacheScorer {
     }
 
     fn request_hashes(&self, request: &Request, block_bytes: usize) -> Vec<u64> {
-        let text = request.prompt.cache_text();
+        let text = request
+            .prompt
+            .cache_text_prefix(block_bytes.saturating_mul(self.config.max_blocks));
         Self::block_hashes(
             request.target_model(),
             request.cache_salt.as_deref(),
-            text.as_bytes(),
+            &text,
             block_bytes,
             self.config.max_blocks,
         )
@@ -327,11 +330,33 @@ impl PostDecision for PrefixCacheScorer {
     }
 }
 
+/// Block hashes are xxHash64 values already: hashing them again only costs time.
+#[derive(Clone, Copy, Default)]
+struct BlockHashHasher(u64);
+
+impl Hasher for BlockHashHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type BuildBlockHasher = BuildHasherDefault<BlockHashHasher>;
+
 /// Which endpoints are believed to hold which blocks.
 #[derive(Default)]
 struct PrefixIndex {
-    holders: HashMap<u64, Vec<SocketAddr>>,
-    per_endpoint: HashMap<SocketAddr, LruCache<u64, ()>>,
+    holders: HashMap<u64, Vec<SocketAddr>, BuildBlockHasher>,
+    per_endpoint: HashMap<SocketAddr, LruCache<u64, (), BuildBlockHasher>>,
 }
 
 impl PrefixIndex {
@@ -359,7 +384,7 @@ impl PrefixIndex {
         } = self;
         let cache = per_endpoint
             .entry(endpoint)
-            .or_insert_with(|| LruCache::new(capacity));
+            .or_insert_with(|| LruCache::with_hasher(capacity, BuildBlockHasher::default()));
         if cache.cap() != capacity {
             for (evicted, ()) in shrink(cache, capacity) {
                 remove_holder(holders, evicted, endpoint);
@@ -406,7 +431,10 @@ impl PrefixIndex {
 }
 
 /// Resizes `cache`, returning the entries that no longer fit.
-fn shrink(cache: &mut LruCache<u64, ()>, capacity: NonZeroUsize) -> Vec<(u64, ())> {
+fn shrink(
+    cache: &mut LruCache<u64, (), BuildBlockHasher>,
+    capacity: NonZeroUsize,
+) -> Vec<(u64, ())> {
     let mut evicted = Vec::new();
     while cache.len() > capacity.get() {
         evicted.extend(cache.pop_lru());
@@ -415,7 +443,11 @@ fn shrink(cache: &mut LruCache<u64, ()>, capacity: NonZeroUsize) -> Vec<(u64, ()
     evicted
 }
 
-fn remove_holder(holders: &mut HashMap<u64, Vec<SocketAddr>>, hash: u64, endpoint: SocketAddr) {
+fn remove_holder(
+    holders: &mut HashMap<u64, Vec<SocketAddr>, BuildBlockHasher>,
+    hash: u64,
+    endpoint: SocketAddr,
+) {
     if let Some(endpoints) = holders.get_mut(&hash) {
         endpoints.retain(|&e| e != endpoint);
         if endpoints.is_empty() {
