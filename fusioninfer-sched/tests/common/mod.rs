@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests. Each test crate uses a different subset.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,7 +25,9 @@ pub fn shared_dir() -> Option<PathBuf> {
             dir.display()
         );
     }
-    eprintln!(
+    // Straight to stderr: the test harness captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n!!!!!!!! SKIPPED: shared folder {} not found; set FUSIONINFER_SHARED to run the fixture tests !!!!!!!!\n",
         dir.display()
     );
