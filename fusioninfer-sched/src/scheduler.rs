@@ -490,3 +490,21 @@ pub(crate) fn single_result(
         None => Err(Rejection::internal(format!("profile {name:?} did not run"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedulers_are_shareable_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Scheduler>();
+    }
+
+    #[test]
+    fn cycles_get_distinct_seeds() {
+        let seeds: BTreeSet<u64> = (0..1000).map(|cycle| mix_seed(42, cycle)).collect();
+        assert_eq!(seeds.len(), 1000);
+        assert_ne!(mix_seed(1, 0), mix_seed(2, 0));
+    }
+}
