@@ -194,6 +194,11 @@ impl CycleState {
         self.rng.shuffle(items);
     }
 
+    /// A uniform random index in `0..n` (0 when `n` is 0).
+    pub fn random_below(&mut self, n: usize) -> usize {
+        if n == 0 { 0 } else { self.rng.usize(..n) }
+    }
+
     /// A uniform random number in `[0, 1)`.
     pub fn random_f64(&mut self) -> f64 {
         self.rng.f64()

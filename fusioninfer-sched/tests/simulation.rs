@@ -50,6 +50,8 @@ const KV_POOL_BLOCKS: f64 = 400.0;
 const ARRIVAL_STEPS: u64 = 1000;
 const ARRIVALS_PER_STEP_X2: u32 = 7; // mean 3.5 per step
 const STEP: Duration = Duration::from_millis(10);
+/// Workload and tie-break seeds the main assertion must hold for.
+const SEEDS: [u64; 3] = [2024, 7, 99];
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Block {
@@ -102,8 +104,9 @@ fn blocks(id: u64, group: usize) -> impl Iterator<Item = Block> {
         .chain((0..UNIQUE_BLOCKS).map(move |index| Block::Unique { request: id, index }))
 }
 
-fn simulate(strategy: RoutingStrategy, cache_blocks: usize) -> Outcome {
-    let scheduler = Scheduler::from_yaml(endpoint_picker_config(strategy), 2024).unwrap();
+/// One run; `seed` drives both the workload and the scheduler's tie breaks.
+fn simulate(strategy: RoutingStrategy, cache_blocks: usize, seed: u64) -> Outcome {
+    let scheduler = Scheduler::from_yaml(endpoint_picker_config(strategy), seed).unwrap();
     let system_prompts: Vec<String> = (0..GROUPS)
         .map(|g| text(g as u64, PREFIX_BLOCKS * BLOCK_BYTES))
         .collect();
@@ -116,7 +119,7 @@ fn simulate(strategy: RoutingStrategy, cache_blocks: usize) -> Outcome {
             routed: 0,
         })
         .collect();
-    let mut rng = fastrand::Rng::with_seed(7);
+    let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(1));
     let t0 = Instant::now();
     let mut outcome = Outcome {
         requests: 0,
@@ -220,31 +223,30 @@ fn report(name: &str, outcome: &Outcome) {
 
 #[test]
 fn prefix_cache_strategy_approaches_the_oracle_while_round_robin_does_not() {
-    let prefix = simulate(RoutingStrategy::PrefixCache, CACHE_BLOCKS);
-    let round_robin = simulate(RoutingStrategy::RoundRobin, CACHE_BLOCKS);
-    report("prefix-cache", &prefix);
-    report("round-robin", &round_robin);
-    let oracle = prefix.oracle_hit_rate();
-    assert!(prefix.requests > 3000, "{prefix:?}");
-    assert_eq!(
-        prefix.rejected + round_robin.rejected,
-        0,
-        "the fleet is not overloaded"
-    );
-    assert!(
-        prefix.hit_rate() >= 0.9 * oracle,
-        "prefix hit rate {:.3} vs oracle {oracle:.3}",
-        prefix.hit_rate()
-    );
-    assert!(
-        prefix.max_share_of_fair() <= 2.0,
-        "{:?}",
-        prefix.routed_per_server
-    );
+    for seed in SEEDS {
+        let prefix = simulate(RoutingStrategy::PrefixCache, CACHE_BLOCKS, seed);
+        report(&format!("prefix-cache/{seed}"), &prefix);
+        let oracle = prefix.oracle_hit_rate();
+        assert!(prefix.requests > 3000, "{prefix:?}");
+        assert_eq!(prefix.rejected, 0, "the fleet is not overloaded");
+        assert!(
+            prefix.hit_rate() >= 0.9 * oracle,
+            "seed {seed}: hit rate {:.3} vs oracle {oracle:.3}",
+            prefix.hit_rate()
+        );
+        assert!(
+            prefix.max_share_of_fair() <= 2.0,
+            "seed {seed}: {:?}",
+            prefix.routed_per_server
+        );
+    }
     // Round robin spreads every system prompt over every server, each of which caches under a
     // third of them.
+    let round_robin = simulate(RoutingStrategy::RoundRobin, CACHE_BLOCKS, SEEDS[0]);
+    report("round-robin", &round_robin);
+    assert_eq!(round_robin.rejected, 0);
     assert!(
-        round_robin.hit_rate() < 0.4 * oracle,
+        round_robin.hit_rate() < 0.4 * round_robin.oracle_hit_rate(),
         "{:.3}",
         round_robin.hit_rate()
     );
@@ -257,12 +259,12 @@ fn prefix_cache_strategy_approaches_the_oracle_while_round_robin_does_not() {
 
 /// With caches of 7 prompts the load scorers (weight 4 together) spread groups over more
 /// servers than the caches hold and the default profile falls clearly short of the oracle
-/// (about 77 % of it at the time of writing); it must still beat round robin by far and stay
-/// balanced.
+/// (77-84 % of it depending on the seed at the time of writing); it must still beat round
+/// robin by far and stay balanced.
 #[test]
 fn under_tight_caches_prefix_affinity_still_far_beats_round_robin() {
-    let prefix = simulate(RoutingStrategy::PrefixCache, TIGHT_CACHE_BLOCKS);
-    let round_robin = simulate(RoutingStrategy::RoundRobin, TIGHT_CACHE_BLOCKS);
+    let prefix = simulate(RoutingStrategy::PrefixCache, TIGHT_CACHE_BLOCKS, SEEDS[0]);
+    let round_robin = simulate(RoutingStrategy::RoundRobin, TIGHT_CACHE_BLOCKS, SEEDS[0]);
     report("prefix-cache", &prefix);
     report("round-robin", &round_robin);
     assert!(

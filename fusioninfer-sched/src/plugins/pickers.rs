@@ -73,12 +73,43 @@ impl Plugin for MaxScorePicker {
 
 impl Picker for MaxScorePicker {
     fn pick(&self, cycle: &mut CycleState, scored: &[ScoredEndpoint<'_>]) -> Vec<usize> {
+        if self.max_endpoints == 1 {
+            return best_with_random_ties(cycle, scored).into_iter().collect();
+        }
         let mut order: Vec<usize> = (0..scored.len()).collect();
         cycle.shuffle(&mut order);
         order.sort_by(|&a, &b| scored[b].score.total_cmp(&scored[a].score));
         order.truncate(self.max_endpoints);
         order
     }
+}
+
+/// The top score in one pass; among equal scores each is equally likely (reservoir sampling),
+/// the same distribution as shuffling then sorting, without the sort.
+fn best_with_random_ties(cycle: &mut CycleState, scored: &[ScoredEndpoint<'_>]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    let mut ties = 0;
+    for (i, candidate) in scored.iter().enumerate() {
+        let Some(current) = best else {
+            best = Some(i);
+            ties = 1;
+            continue;
+        };
+        match candidate.score.total_cmp(&scored[current].score) {
+            std::cmp::Ordering::Greater => {
+                best = Some(i);
+                ties = 1;
+            }
+            std::cmp::Ordering::Equal => {
+                ties += 1;
+                if cycle.random_below(ties) == 0 {
+                    best = Some(i);
+                }
+            }
+            std::cmp::Ordering::Less => {}
+        }
+    }
+    best
 }
 
 /// Uniformly random endpoints, ignoring scores.

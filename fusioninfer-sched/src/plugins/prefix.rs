@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 
 use lru::LruCache;
 use serde::Deserialize;
-use xxhash_rust::xxh64::Xxh64;
+use xxhash_rust::xxh64::{Xxh64, xxh64};
 
 use crate::decision::SchedulingResult;
 use crate::endpoint::Endpoint;
@@ -102,15 +102,19 @@ pub struct PrefixMatch {
     pub block_bytes: usize,
     /// Chained block hashes of the prompt.
     pub hashes: Vec<u64>,
-    /// Leading blocks each endpoint is believed to hold (endpoints with none are absent).
-    pub matched_blocks: HashMap<SocketAddr, usize>,
+    matched_blocks: EndpointMap<usize>,
 }
 
 impl PrefixMatch {
+    /// Leading blocks `endpoint` is believed to hold.
+    pub fn matched_blocks(&self, endpoint: SocketAddr) -> usize {
+        self.matched_blocks.get(&endpoint).copied().unwrap_or(0)
+    }
+
     /// Prompt tokens believed cached on `endpoint`.
     pub fn cached_tokens(&self, endpoint: SocketAddr) -> u32 {
-        let blocks = self.matched_blocks.get(&endpoint).copied().unwrap_or(0);
-        u32::try_from(blocks * self.block_bytes / AVERAGE_CHARS_PER_TOKEN).unwrap_or(u32::MAX)
+        let bytes = self.matched_blocks(endpoint) * self.block_bytes;
+        u32::try_from(bytes / AVERAGE_CHARS_PER_TOKEN).unwrap_or(u32::MAX)
     }
 }
 
@@ -155,13 +159,16 @@ impl PrefixCacheScorer {
             hasher.update(salt.as_bytes());
         }
         let mut previous = hasher.digest();
-        let blocks = text.chunks_exact(block_bytes.max(1)).take(max_blocks);
+        let block_bytes = block_bytes.max(1);
+        let blocks = text.chunks_exact(block_bytes).take(max_blocks);
         let mut hashes = Vec::with_capacity(blocks.len());
+        // One-shot hashing of block ‖ previous hash is cheaper than streaming.
+        let mut input = Vec::with_capacity(block_bytes + 8);
         for block in blocks {
-            hasher.reset(0);
-            hasher.update(block);
-            hasher.update(&previous.to_le_bytes());
-            previous = hasher.digest();
+            input.clear();
+            input.extend_from_slice(block);
+            input.extend_from_slice(&previous.to_le_bytes());
+            previous = xxh64(&input, 0);
             hashes.push(previous);
         }
         hashes
@@ -310,7 +317,7 @@ impl PostDecision for PrefixCacheScorer {
                 computed = PrefixMatch {
                     hashes: self.request_hashes(request, block_bytes),
                     block_bytes,
-                    matched_blocks: HashMap::new(),
+                    matched_blocks: EndpointMap::default(),
                 };
                 &computed
             }
@@ -352,17 +359,40 @@ impl Hasher for BlockHashHasher {
 
 type BuildBlockHasher = BuildHasherDefault<BlockHashHasher>;
 
+/// A multiply-rotate hasher (FxHash style) for endpoint addresses: the keys are the pool's own
+/// addresses, so SipHash's flooding protection buys nothing, and the prefix match hashes an
+/// address per matched block.
+#[derive(Clone, Copy, Default)]
+struct EndpointHasher(u64);
+
+impl Hasher for EndpointHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type EndpointMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<EndpointHasher>>;
+
 /// Which endpoints are believed to hold which blocks.
 #[derive(Default)]
 struct PrefixIndex {
     holders: HashMap<u64, Vec<SocketAddr>, BuildBlockHasher>,
-    per_endpoint: HashMap<SocketAddr, LruCache<u64, (), BuildBlockHasher>>,
+    per_endpoint: EndpointMap<LruCache<u64, (), BuildBlockHasher>>,
 }
 
 impl PrefixIndex {
     /// Leading blocks held per endpoint; stops at the first block nobody holds.
-    fn matched_blocks(&self, hashes: &[u64]) -> HashMap<SocketAddr, usize> {
-        let mut matched = HashMap::new();
+    fn matched_blocks(&self, hashes: &[u64]) -> EndpointMap<usize> {
+        let mut matched = EndpointMap::default();
         for hash in hashes {
             let Some(holders) = self.holders.get(hash) else {
                 break;
