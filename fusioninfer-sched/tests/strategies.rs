@@ -262,9 +262,6 @@ fn pd_disaggregation_decodes_on_decoders_and_prefills_long_uncached_prompts() {
     let routed = route(&scheduler, &fresh, &busy_prefill, now);
     assert!(decoders.contains(&routed.primary));
     assert_eq!(routed.headers.get(PREFILLER_HOST_PORT), None);
-    // The strategy sets primaryPort 8000, the pods' own port: destination unchanged, rank named.
-    assert_eq!(
-        routed.headers.get(DATA_PARALLEL_HOST_PORT),
-        Some(&routed.primary.to_string())
-    );
+    // No primaryPort in the strategy: the destination is not rewritten, no rank header.
+    assert_eq!(routed.headers.get(DATA_PARALLEL_HOST_PORT), None);
 }

@@ -53,14 +53,6 @@ pub(crate) fn register(registry: &mut Registry) {
     });
 }
 
-/// The label value FusionInfer gives pods of `component` (its serde name, one place).
-pub fn component_label_value(component: ComponentType) -> String {
-    serde_json::to_value(component)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// Keeps endpoints whose label has one of the valid values (or, optionally, no such label).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ByLabel {
@@ -86,14 +78,14 @@ impl ByLabel {
 
     /// Endpoints that can prefill: prefillers and monolithic workers.
     pub fn prefill_role() -> Self {
-        let values = [ComponentType::Prefiller, ComponentType::Worker].map(component_label_value);
+        let values = [ComponentType::Prefiller, ComponentType::Worker].map(|c| c.as_str().to_owned());
         ByLabel::new(COMPONENT_TYPE, values, false)
     }
 
     /// Endpoints that can decode: decoders, monolithic workers and unlabelled pods (as llm-d's
     /// decode filter, so a plain pool still works).
     pub fn decode_role() -> Self {
-        let values = [ComponentType::Decoder, ComponentType::Worker].map(component_label_value);
+        let values = [ComponentType::Decoder, ComponentType::Worker].map(|c| c.as_str().to_owned());
         ByLabel::new(COMPONENT_TYPE, values, true)
     }
 

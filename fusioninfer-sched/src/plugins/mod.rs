@@ -21,7 +21,7 @@ mod profile;
 mod scorers;
 
 pub use active_request::ActiveRequestScorer;
-pub use filters::{ByLabel, component_label_value};
+pub use filters::ByLabel;
 pub use pickers::{MaxScorePicker, RandomPicker, RoundRobinPicker, WeightedRandomPicker};
 pub use prefix::{PrefixCacheConfig, PrefixCacheScorer, PrefixMatch};
 pub use profile::{
