@@ -832,6 +832,15 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Pending {
+    /// The admitted request if the scheduler has admitted it already (never blocks).
+    pub fn try_admitted(&mut self) -> Option<Running> {
+        let r = self.rx.try_recv().ok();
+        if r.is_some() {
+            self.guard.armed = false;
+        }
+        r
+    }
+
     /// Waits until the scheduler admits the request.
     pub async fn admitted(mut self) -> Result<Running, SubmitError> {
         let r = (&mut self.rx).await.map_err(|_| SubmitError::Closed);
