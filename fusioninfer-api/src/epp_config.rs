@@ -97,6 +97,9 @@ pub struct SaturationDetectorConfig {
     pub metrics_staleness_threshold: Option<String>,
 }
 
+/// [`ConfigError::field`] of an error about the whole document (it does not parse at all).
+pub const DOCUMENT: &str = "endpointPickerConfig";
+
 /// A config that does not parse or whose references do not resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -121,7 +124,7 @@ impl EndpointPickerConfig {
     pub fn parse(text: &str) -> Result<Self, Vec<ConfigError>> {
         let config: EndpointPickerConfig = serde_saphyr::from_str(text).map_err(|e| {
             vec![ConfigError {
-                field: "endpointPickerConfig".into(),
+                field: DOCUMENT.into(),
                 message: format!("not a valid EndpointPickerConfig: {e}"),
             }]
         })?;

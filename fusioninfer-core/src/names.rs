@@ -7,6 +7,10 @@ use fusioninfer_api::{InferenceService, Role};
 /// Longest DNS-1035 label (Service names, label values).
 pub const DNS1035_LABEL_MAX: usize = 63;
 
+/// Longest role name: the CRD's `maxLength` for `spec.roles[].name` (the shortest service name,
+/// one character and a dash, leaves 50 of a StatefulSet's 52).
+pub const ROLE_NAME_MAX: usize = 50;
+
 /// Longest StatefulSet name whose pods can be created: the controller adds the label
 /// `controller-revision-hash: {name}-{hash}` (hash ≤ 10 characters), a label value ≤ 63.
 pub const STATEFULSET_NAME_MAX: usize = DNS1035_LABEL_MAX - 11;

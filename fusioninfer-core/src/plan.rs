@@ -330,21 +330,11 @@ impl<'a> Planner<'a> {
     }
 
     fn pod_group(&self) -> PodGroup {
-        let mut min_member = 0;
-        let mut min_task_member = BTreeMap::new();
-        let mut min_resources: BTreeMap<String, Nanos> = BTreeMap::new();
-        for role in self.serving_roles() {
-            let pods = role.replicas * role.nodes_per_replica();
-            min_member += pods;
-            min_task_member.insert(role.name.clone(), pods);
-            for (resource, per_pod) in pod_resources(role) {
-                let total = per_pod
-                    .checked_mul(i128::from(pods))
-                    .expect("validated quantities fit");
-                let sum = min_resources.entry(resource).or_default();
-                *sum = sum.checked_add(total).expect("validated quantities fit");
-            }
-        }
+        let GangTotals {
+            min_member,
+            min_task_member,
+            min_resources,
+        } = gang_totals(&self.isvc.spec.roles).expect("validated totals fit");
         let scheduling = self
             .isvc
             .spec
@@ -453,14 +443,33 @@ impl<'a> Planner<'a> {
             {
                 only.name = EPP_CONTAINER.to_owned();
             }
+            // Resources given for the endpoint picker replace its defaults as a whole: merged
+            // key by key, a lower memory limit would fall under the default request.
+            let epp_resources = overrides
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .find(|c| c.name == EPP_CONTAINER)
+                .and_then(|c| c.resources.clone());
             template.merge_from(overrides);
-            // The selector depends on these labels: a template cannot take them away.
-            template
+            if let Some(resources) = epp_resources
+                && let Some(epp) = template
+                    .spec
+                    .iter_mut()
+                    .flat_map(|s| &mut s.containers)
+                    .find(|c| c.name == EPP_CONTAINER)
+            {
+                epp.resources = Some(resources);
+            }
+            // The selector depends on these labels: a template cannot take them away. Nor can
+            // it make the endpoint picker a serving pod that the InferencePool would select.
+            let pod_labels = template
                 .metadata
                 .get_or_insert_with(Default::default)
                 .labels
-                .get_or_insert_with(Default::default)
-                .extend(labels.clone());
+                .get_or_insert_with(Default::default);
+            pod_labels.extend(labels.clone());
+            pod_labels.remove(SERVING);
         }
         Deployment {
             metadata: self.metadata(name.to_owned(), labels),
@@ -674,6 +683,80 @@ pub fn serving_port(role: &Role) -> i32 {
 /// Resources one pod of `role` needs: per resource, the sum over its containers of the request,
 /// or the limit where there is no request (Kubernetes defaults the request to the limit).
 pub fn pod_resources(role: &Role) -> BTreeMap<String, Nanos> {
+    try_pod_resources(role).expect("validated quantities parse and fit")
+}
+
+/// What the Volcano PodGroup of a service asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GangTotals {
+    /// Pods of every serving role (`minMember`).
+    pub min_member: i32,
+    /// Pods per serving role (`minTaskMember`), keyed by role name.
+    pub min_task_member: BTreeMap<String, i32>,
+    /// [`pod_resources`] × pods, summed over the serving roles (`minResources`).
+    pub min_resources: BTreeMap<String, Nanos>,
+}
+
+/// A total of the PodGroup that does not fit: the role (index in `spec.roles`) and field
+/// where it overflowed, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TotalsError {
+    /// Index of the role in `spec.roles`.
+    pub role: usize,
+    /// Path of the field below `spec.roles[role]`, e.g. `replicas`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The PodGroup's totals over the serving roles of `roles`, or where they stop fitting (an
+/// int32 pod count, an i128 nano-unit quantity). Expects replicas ≥ 0 and nodeCount ≥ 1.
+pub fn gang_totals(roles: &[Role]) -> Result<GangTotals, TotalsError> {
+    let mut totals = GangTotals::default();
+    for (index, role) in roles.iter().enumerate() {
+        if role.component_type == ComponentType::Router {
+            continue;
+        }
+        let error = |field: &str, message: String| TotalsError {
+            role: index,
+            field: field.to_owned(),
+            message,
+        };
+        let pods = role
+            .replicas
+            .checked_mul(role.nodes_per_replica())
+            .ok_or_else(|| error("replicas", "replicas × nodeCount is too large".to_owned()))?;
+        totals.min_member = totals.min_member.checked_add(pods).ok_or_else(|| {
+            error(
+                "replicas",
+                format!(
+                    "the PodGroup's minMember (pods of all serving roles) exceeds {}",
+                    i32::MAX
+                ),
+            )
+        })?;
+        totals.min_task_member.insert(role.name.clone(), pods);
+        let too_large = |resource: &str| {
+            error(
+                "template.spec.containers",
+                format!(
+                    "the PodGroup's total {resource} (requests × pods of all serving roles) is too large"
+                ),
+            )
+        };
+        for (resource, per_pod) in try_pod_resources(role).map_err(|e| too_large(&e))? {
+            let sum = totals.min_resources.entry(resource.clone()).or_default();
+            *sum = per_pod
+                .checked_mul(i128::from(pods))
+                .and_then(|total| sum.checked_add(total))
+                .ok_or_else(|| too_large(&resource))?;
+        }
+    }
+    Ok(totals)
+}
+
+/// [`pod_resources`], or the resource whose quantity does not parse or whose sum overflows.
+fn try_pod_resources(role: &Role) -> Result<BTreeMap<String, Nanos>, String> {
     let mut total: BTreeMap<String, Nanos> = BTreeMap::new();
     let containers = role
         .template
@@ -685,18 +768,17 @@ pub fn pod_resources(role: &Role) -> BTreeMap<String, Nanos> {
         let Some(resources) = &container.resources else {
             continue;
         };
-        let requests = resources.requests.clone().unwrap_or_default();
-        let mut effective = requests.clone();
+        let mut effective = resources.requests.clone().unwrap_or_default();
         for (resource, limit) in resources.limits.iter().flatten() {
             effective
                 .entry(resource.clone())
                 .or_insert_with(|| limit.clone());
         }
         for (resource, quantity) in effective {
-            let value = Nanos::parse(&quantity.0).expect("validated quantities parse");
-            let sum = total.entry(resource).or_default();
-            *sum = sum.checked_add(value).expect("validated quantities fit");
+            let value = Nanos::parse(&quantity.0).map_err(|_| resource.clone())?;
+            let sum = total.entry(resource.clone()).or_default();
+            *sum = sum.checked_add(value).ok_or(resource)?;
         }
     }
-    total
+    Ok(total)
 }

@@ -24,7 +24,8 @@ impl Nanos {
     /// exponent `e<n>`/`E<n>`).
     pub fn parse(text: &str) -> Result<Nanos, QuantityError> {
         let err = || QuantityError(text.to_owned());
-        let trimmed = text.trim();
+        // No trimming: the API server refuses quantities with spaces.
+        let trimmed = text;
         let split = trimmed
             .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
             .unwrap_or(trimmed.len());
@@ -156,7 +157,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "abc", "1.2.3", "5 Gi", "1Zi", "1e99", "."] {
+        for bad in ["", "abc", "1.2.3", "5 Gi", "1Zi", "1e99", ".", " 1", "1 "] {
             assert!(Nanos::parse(bad).is_err(), "{bad}");
         }
     }

@@ -4,13 +4,13 @@
 
 use std::fmt;
 
-use fusioninfer_api::epp_config::EndpointPickerConfig;
+use fusioninfer_api::epp_config::{self, EndpointPickerConfig};
 use fusioninfer_api::labels::VOLCANO_SCHEDULER;
 use fusioninfer_api::{ComponentType, InferenceService, MAX_ROLES, Role, RoutingStrategy};
 use gateway_api::httproutes::HttpRouteSpec;
 
-use crate::names::{DNS1035_LABEL_MAX, longest_derived_name, service_name};
-use crate::plan::{DEFAULT_SERVING_PORT, serving_port};
+use crate::names::{DNS1035_LABEL_MAX, ROLE_NAME_MAX, longest_derived_name, service_name};
+use crate::plan::{DEFAULT_SERVING_PORT, gang_totals, serving_port};
 use crate::quantity::Nanos;
 
 /// One problem with a spec.
@@ -58,8 +58,15 @@ pub fn validate(isvc: &InferenceService) -> Vec<ValidationError> {
     v.topology(roles);
     v.serving_ports(roles);
     v.scheduling(isvc);
+    // Sums over every serving role; only meaningful once each role is valid on its own.
+    if v.errors.is_empty() {
+        v.gang_totals(isvc);
+    }
     v.errors
 }
+
+/// Most replicas a LeaderWorkerSet accepts (its CRD's `spec.replicas` maximum).
+pub const LWS_REPLICAS_MAX: i32 = 1_000_000;
 
 #[derive(Default)]
 struct Validator {
@@ -97,6 +104,18 @@ impl Validator {
                 format!("{:?} {problem}", role.name),
             );
         }
+        let name_fits = role.name.len() <= ROLE_NAME_MAX;
+        if !name_fits {
+            self.error(
+                format!("{path}.name"),
+                name,
+                format!(
+                    "{:?} is {} characters; role names have at most {ROLE_NAME_MAX}",
+                    role.name,
+                    role.name.len()
+                ),
+            );
+        }
         if let Some(first) = roles[..index].iter().position(|r| r.name == role.name) {
             self.error(
                 format!("{path}.name"),
@@ -130,6 +149,15 @@ impl Validator {
                     name,
                     "replicas × nodeCount is too large",
                 );
+            } else if role.is_multinode() && role.replicas > LWS_REPLICAS_MAX {
+                self.error(
+                    format!("{path}.replicas"),
+                    name,
+                    format!(
+                        "{} is too many for a multi-node role: its LeaderWorkerSet allows at most {LWS_REPLICAS_MAX} replicas",
+                        role.replicas
+                    ),
+                );
             }
         }
         if role.component_type == ComponentType::Router {
@@ -137,7 +165,8 @@ impl Validator {
         } else {
             self.serving_role(&path, role);
         }
-        if !service.is_empty() && dns1035_label(&role.name).is_ok() {
+        self.quantities(&path, role);
+        if !service.is_empty() && name_fits && dns1035_label(&role.name).is_ok() {
             let (derived, limit) = longest_derived_name(service, role);
             if derived.len() > limit {
                 self.error(
@@ -189,24 +218,46 @@ impl Validator {
                 name,
                 "at least one container is required",
             ),
-            Some(containers) => {
-                for (c, container) in containers.iter().enumerate() {
-                    let Some(resources) = &container.resources else {
-                        continue;
-                    };
-                    for (section, list) in [
-                        ("requests", &resources.requests),
-                        ("limits", &resources.limits),
-                    ] {
-                        for (resource, quantity) in list.iter().flatten() {
-                            if let Err(e) = Nanos::parse(&quantity.0) {
-                                self.error(
-                                    format!("{path}.template.spec.containers[{c}].resources.{section}.{resource}"),
-                                    name,
-                                    e.to_string(),
-                                );
-                            }
+            Some(_) => {
+                let port = serving_port(role);
+                if !(1..=65535).contains(&port) {
+                    self.error(
+                        format!("{path}.template.spec.containers[0].ports"),
+                        name,
+                        format!("the serving port (the container port named http) is {port}; it must be between 1 and 65535"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Resource quantities of every container of the role's template (a router's too): they
+    /// must parse and not be negative, as the API server requires of pods.
+    fn quantities(&mut self, path: &str, role: &Role) {
+        let name = Some(role.name.as_str());
+        let containers = role
+            .template
+            .iter()
+            .filter_map(|t| t.spec.as_ref())
+            .flat_map(|s| &s.containers);
+        for (c, container) in containers.enumerate() {
+            let Some(resources) = &container.resources else {
+                continue;
+            };
+            for (section, list) in [
+                ("requests", &resources.requests),
+                ("limits", &resources.limits),
+            ] {
+                for (resource, quantity) in list.iter().flatten() {
+                    let field = format!(
+                        "{path}.template.spec.containers[{c}].resources.{section}.{resource}"
+                    );
+                    match Nanos::parse(&quantity.0) {
+                        Err(e) => self.error(field, name, e.to_string()),
+                        Ok(value) if value < Nanos(0) => {
+                            self.error(field, name, format!("{:?} must be ≥ 0", quantity.0))
                         }
+                        Ok(_) => {}
                     }
                 }
             }
@@ -226,11 +277,30 @@ impl Validator {
             && let Err(errors) = EndpointPickerConfig::parse(text)
         {
             for e in errors {
-                self.error(
-                    format!("{path}.endpointPickerConfig.{}", e.field),
-                    name,
-                    e.message,
-                );
+                let field = if e.field == epp_config::DOCUMENT {
+                    format!("{path}.endpointPickerConfig")
+                } else {
+                    format!("{path}.endpointPickerConfig.{}", e.field)
+                };
+                self.error(field, name, e.message);
+            }
+        }
+        // Several containers override the endpoint picker's by name: each needs one.
+        let containers = role
+            .template
+            .iter()
+            .filter_map(|t| t.spec.as_ref())
+            .flat_map(|s| &s.containers)
+            .collect::<Vec<_>>();
+        if containers.len() > 1 {
+            for (c, container) in containers.iter().enumerate() {
+                if container.name.is_empty() {
+                    self.error(
+                        format!("{path}.template.spec.containers[{c}].name"),
+                        name,
+                        "must not be empty: with several containers, name the endpoint picker's \"epp\" to override it, and give sidecars their own names",
+                    );
+                }
             }
         }
         if let Some(value) = &role.httproute {
@@ -375,17 +445,46 @@ impl Validator {
         }
     }
 
+    /// The Volcano PodGroup sums pods and resources over every serving role: the sums must fit.
+    fn gang_totals(&mut self, isvc: &InferenceService) {
+        let volcano = isvc
+            .spec
+            .scheduling_strategy
+            .as_ref()
+            .and_then(|s| s.scheduler_name.as_deref())
+            == Some(VOLCANO_SCHEDULER);
+        if !volcano {
+            return;
+        }
+        if let Err(e) = gang_totals(&isvc.spec.roles) {
+            let role = &isvc.spec.roles[e.role];
+            self.error(
+                format!("spec.roles[{}].{}", e.role, e.field),
+                Some(&role.name),
+                e.message,
+            );
+        }
+    }
+
     fn scheduling(&mut self, isvc: &InferenceService) {
         let Some(strategy) = &isvc.spec.scheduling_strategy else {
             return;
         };
         let volcano = strategy.scheduler_name.as_deref() == Some(VOLCANO_SCHEDULER);
-        if strategy.scheduler_name.as_deref() == Some("") {
-            self.error(
+        match strategy.scheduler_name.as_deref() {
+            Some("") => self.error(
                 "spec.schedulingStrategy.schedulerName",
                 None,
                 "must not be empty; omit it for the default scheduler",
-            );
+            ),
+            // It becomes the pods' schedulerName, which the API server requires to be a DNS
+            // subdomain.
+            Some(name) if !is_dns1123_subdomain(name) => self.error(
+                "spec.schedulingStrategy.schedulerName",
+                None,
+                format!("{name:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit)"),
+            ),
+            _ => {}
         }
         for (field, set) in [
             ("queue", strategy.queue.is_some()),
@@ -432,6 +531,20 @@ pub fn dns1035_label(name: &str) -> Result<(), String> {
         return Err("is not a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit)".into());
     }
     Ok(())
+}
+
+/// A DNS-1123 subdomain: dot-separated labels of lowercase letters, digits and `-`, each
+/// starting and ending with a letter or digit, at most 253 characters in all.
+fn is_dns1123_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
 }
 
 /// Paths of fields present in `original` but gone from `typed` (its typed round trip): fields
