@@ -149,6 +149,49 @@ impl UpstreamSchemas {
     }
 }
 
+/// Our own CRD's schema, compiled once per test binary.
+struct OurCrd {
+    schema: Value,
+    json_schema: jsonschema::Validator,
+    cel: kube_cel::CompiledSchema,
+}
+
+fn our_crd() -> &'static OurCrd {
+    static CRD: OnceLock<OurCrd> = OnceLock::new();
+    CRD.get_or_init(|| {
+        let crd = serde_json::to_value(fusioninfer_api::crd::inference_service_crd())
+            .expect("the CRD serializes");
+        let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+        let json_schema = jsonschema::draft4::options()
+            .should_validate_formats(false)
+            .build(&schema)
+            .expect("our CRD schema compiles");
+        let cel = kube_cel::compile_schema(&schema);
+        OurCrd {
+            schema,
+            json_schema,
+            cel,
+        }
+    })
+}
+
+/// What the API server would say about an `InferenceService` (as JSON) from our CRD alone:
+/// OpenAPI violations, unknown fields, and the messages of failing CEL rules. Empty when it
+/// would accept the object.
+pub fn api_server_verdict(object: &Value) -> Vec<String> {
+    let crd = our_crd();
+    let mut problems: Vec<String> = crd
+        .json_schema
+        .iter_errors(object)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    unknown_fields(&crd.schema, object, "", &mut problems);
+    if let Err(errors) = kube_cel::Validator::new().validate_compiled(&crd.cel, object, None) {
+        problems.extend(errors.iter().map(|e| e.message.clone()));
+    }
+    problems
+}
+
 /// Fields of `value` that `schema` does not declare, where it does not preserve unknown fields.
 pub fn unknown_fields(schema: &Value, value: &Value, path: &str, problems: &mut Vec<String>) {
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {

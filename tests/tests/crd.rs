@@ -3,7 +3,7 @@
 
 use fusioninfer_api::crd::inference_service_crd;
 use fusioninfer_core::manifest::{parse_inference_services, to_yaml_stream};
-use fusioninfer_tests::{assert_golden, examples, unknown_fields, workspace_root};
+use fusioninfer_tests::{api_server_verdict, assert_golden, examples, workspace_root};
 use serde_json::Value;
 
 const CRD_PATH: &str = "deploy/crd/fusioninfer.io_inferenceservices.yaml";
@@ -14,24 +14,6 @@ fn crd_json() -> Value {
 
 fn schema() -> Value {
     crd_json()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
-}
-
-/// What the API server would say about `object` from our CRD's schema alone.
-fn api_server_verdict(object: &Value) -> Vec<String> {
-    let schema = schema();
-    let validator = jsonschema::draft4::options()
-        .should_validate_formats(false)
-        .build(&schema)
-        .unwrap();
-    let mut problems: Vec<String> = validator
-        .iter_errors(object)
-        .map(|e| e.to_string())
-        .collect();
-    unknown_fields(&schema, object, "", &mut problems);
-    if let Err(errors) = kube_cel::Validator::new().validate(&schema, object, None) {
-        problems.extend(errors.iter().map(|e| e.message.clone()));
-    }
-    problems
 }
 
 #[test]
@@ -140,4 +122,46 @@ fn cel_rules_reject_the_broken_example_with_the_rust_messages() {
             "missing {expected:?} in {problems:#?}"
         );
     }
+}
+
+#[test]
+fn crd_limits_match_the_rust_validation() {
+    let roles = &schema()["properties"]["spec"]["properties"]["roles"];
+    assert_eq!(
+        roles["maxItems"],
+        fusioninfer_api::MAX_ROLES,
+        "spec.roles maxItems"
+    );
+    assert_eq!(
+        roles["items"]["properties"]["name"]["maxLength"],
+        fusioninfer_core::names::ROLE_NAME_MAX,
+        "spec.roles[].name maxLength"
+    );
+}
+
+#[test]
+fn api_server_verdict_reports_schema_unknown_field_and_cel_problems() {
+    let (_, isvc) = examples().remove(0);
+    let good = serde_json::to_value(&isvc).unwrap();
+    assert!(api_server_verdict(&good).is_empty());
+    let mut bad = good.clone();
+    bad["spec"]["roles"][0]["replicas"] = (-1).into();
+    assert!(!api_server_verdict(&bad).is_empty(), "replicas minimum 0");
+    let mut bad = good.clone();
+    bad["spec"]["roles"][0]["replicaz"] = 1.into();
+    assert!(
+        api_server_verdict(&bad)
+            .iter()
+            .any(|p| p.contains("replicaz")),
+        "unknown field"
+    );
+    let mut bad = good;
+    let role = bad["spec"]["roles"][0].clone();
+    bad["spec"]["roles"].as_array_mut().unwrap().push(role);
+    assert!(
+        api_server_verdict(&bad)
+            .iter()
+            .any(|p| p.contains("role names must be unique")),
+        "CEL rule"
+    );
 }
