@@ -4,21 +4,36 @@ use serde_json::Value;
 
 /// Problems that make a schema non-structural (see the Kubernetes docs on structural schemas).
 fn structural_problems(schema: &Value, path: &str, in_junctor: bool, out: &mut Vec<String>) {
-    let Some(node) = schema.as_object() else { return };
+    let Some(node) = schema.as_object() else {
+        return;
+    };
     let flag = |key: &str| node.get(key) == Some(&Value::Bool(true));
     if node.contains_key("$ref") {
         out.push(format!("{path}: $ref is not allowed"));
     }
     if in_junctor {
-        for key in ["description", "type", "default", "additionalProperties", "nullable"] {
+        for key in [
+            "description",
+            "type",
+            "default",
+            "additionalProperties",
+            "nullable",
+        ] {
             if node.contains_key(key) {
                 out.push(format!("{path}: {key} inside allOf/anyOf/oneOf/not"));
             }
         }
-    } else if !node.contains_key("type") && !flag("x-kubernetes-int-or-string") && !flag("x-kubernetes-preserve-unknown-fields") {
+    } else if !node.contains_key("type")
+        && !flag("x-kubernetes-int-or-string")
+        && !flag("x-kubernetes-preserve-unknown-fields")
+    {
         out.push(format!("{path}: no type"));
     }
-    if node.contains_key("properties") && node.get("additionalProperties").is_some_and(|a| a != &Value::Bool(false)) {
+    if node.contains_key("properties")
+        && node
+            .get("additionalProperties")
+            .is_some_and(|a| a != &Value::Bool(false))
+    {
         out.push(format!("{path}: both properties and additionalProperties"));
     }
     for (key, value) in node {
@@ -28,7 +43,9 @@ fn structural_problems(schema: &Value, path: &str, in_junctor: bool, out: &mut V
                     structural_problems(child, &format!("{path}.{name}"), in_junctor, out);
                 }
             }
-            "items" | "additionalProperties" => structural_problems(value, &format!("{path}[{key}]"), in_junctor, out),
+            "items" | "additionalProperties" => {
+                structural_problems(value, &format!("{path}[{key}]"), in_junctor, out)
+            }
             "allOf" | "anyOf" | "oneOf" => {
                 for (i, child) in value.as_array().into_iter().flatten().enumerate() {
                     structural_problems(child, &format!("{path}.{key}[{i}]"), true, out);
@@ -53,7 +70,11 @@ fn generated_crd_schema_is_structural() {
     assert!(problems.is_empty(), "{problems:#?}");
     // Only name/generateName restrictions are allowed on the root metadata.
     if let Some(metadata) = schema["properties"].get("metadata") {
-        assert_eq!(metadata, &serde_json::json!({"type": "object"}), "metadata must not be restricted");
+        assert_eq!(
+            metadata,
+            &serde_json::json!({"type": "object"}),
+            "metadata must not be restricted"
+        );
     }
 }
 

@@ -78,7 +78,8 @@ impl ByLabel {
 
     /// Endpoints that can prefill: prefillers and monolithic workers.
     pub fn prefill_role() -> Self {
-        let values = [ComponentType::Prefiller, ComponentType::Worker].map(|c| c.as_str().to_owned());
+        let values =
+            [ComponentType::Prefiller, ComponentType::Worker].map(|c| c.as_str().to_owned());
         ByLabel::new(COMPONENT_TYPE, values, false)
     }
 
