@@ -165,7 +165,12 @@ async fn lead(
 
     let stop = futures::future::select(shutdown, lost_rx.map(|_| ())).map(|_| ());
     controller(client, &ctx.kinds)
-        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(settings.concurrency)
+                // A starting service changes many pods at once; one reconcile covers a burst.
+                .debounce(Duration::from_secs(1)),
+        )
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -227,3 +227,58 @@ fn operator_deployment_is_locked_down_and_probed() {
         );
     }
 }
+
+#[test]
+fn dockerfiles_build_their_binary_as_non_root() {
+    let bins = fusioninfer_tests::workspace_root().join("bins");
+    let mut with_dockerfile = Vec::new();
+    for entry in std::fs::read_dir(&bins).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(dockerfile) = std::fs::read_to_string(dir.join("Dockerfile")) else {
+            continue;
+        };
+        let manifest: toml_like::Package = toml_like::package(&dir.join("Cargo.toml"));
+        let package = manifest.name;
+        assert!(
+            dockerfile.contains(&format!("cargo build --release --locked -p {package}")),
+            "{}: builds -p {package}",
+            dir.display()
+        );
+        assert!(
+            dockerfile.contains("USER 65532:65532"),
+            "{}: non-root",
+            dir.display()
+        );
+        assert!(
+            dockerfile.contains(":nonroot"),
+            "{}: distroless nonroot",
+            dir.display()
+        );
+        with_dockerfile.push(package);
+    }
+    with_dockerfile.sort();
+    for required in ["fusioninfer", "fusioninfer-operator"] {
+        assert!(
+            with_dockerfile.iter().any(|p| p == required),
+            "{required} has a Dockerfile"
+        );
+    }
+}
+
+/// Just enough of Cargo.toml: the package name.
+mod toml_like {
+    pub struct Package {
+        pub name: String,
+    }
+
+    pub fn package(path: &std::path::Path) -> Package {
+        let text = std::fs::read_to_string(path).unwrap();
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .expect("package name")
+            .trim_matches('"')
+            .to_owned();
+        Package { name }
+    }
+}
