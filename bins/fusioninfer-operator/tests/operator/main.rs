@@ -136,6 +136,16 @@ mod process {
         runtime::controller_lists_and_watches().await;
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn process_leads_and_hands_over_on_shutdown() {
+        runtime::process_leads_and_hands_over_on_shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn process_stops_when_the_lease_is_lost() {
+        runtime::process_stops_when_the_lease_is_lost().await;
+    }
+
     #[tokio::test]
     async fn endpoints_serve_health_and_metrics() {
         runtime::endpoints_serve_health_and_metrics().await;

@@ -302,3 +302,105 @@ pub async fn endpoints_serve_health_and_metrics() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// A mock API server for the whole process: Leases are served by an in-memory API server, no
+/// optional CRD is installed, every list is empty and every watch stays open.
+fn process_api(leases: Client) -> Client {
+    let service = tower::service_fn(move |request: Request<Body>| {
+        let leases = leases.clone();
+        async move {
+            let path = request.uri().path().to_owned();
+            if path.contains("/leases") {
+                return leases.send(request).await.map_err(|e| e.to_string());
+            }
+            if path.split('/').filter(|s| !s.is_empty()).count() == 3 {
+                // /apis/{group}/{version}: discovery of a CRD that is not installed.
+                return Ok(json_response(
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}),
+                ));
+            }
+            if request
+                .uri()
+                .query()
+                .is_some_and(|q| q.contains("watch=true"))
+            {
+                futures::future::pending::<()>().await;
+            }
+            Ok(json_response(
+                200,
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
+            ))
+        }
+    });
+    Client::new(service, "default")
+}
+
+fn settings(identity: &str) -> fusioninfer_operator::run::Settings {
+    fusioninfer_operator::run::Settings {
+        epp_image: "epp:test".into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        lease_namespace: "ops".into(),
+        lease_name: "fusioninfer-operator".into(),
+        identity: identity.into(),
+        lease_duration: TTL,
+        concurrency: 2,
+        reconcile_timeout: Duration::from_secs(30),
+    }
+}
+
+async fn holder(leases: &Client) -> Option<String> {
+    Api::<Lease>::namespaced(leases.clone(), "ops")
+        .get_opt("fusioninfer-operator")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+/// The whole process: it takes the lease, runs the controller, and on the shutdown signal stops
+/// and releases the lease for the next replica.
+pub async fn process_leads_and_hands_over_on_shutdown() {
+    let leases = ClientBuilder::new().build().await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(fusioninfer_operator::run::run(
+        settings("pod-a"),
+        process_api(leases.clone()),
+        stopped.map(|_| ()),
+    ));
+    tokio::time::sleep(TTL).await;
+    assert_eq!(holder(&leases).await.as_deref(), Some("pod-a"));
+    stop.send(()).unwrap();
+    running.await.unwrap().expect("graceful shutdown");
+    assert_eq!(holder(&leases).await, None, "lease released");
+}
+
+/// A leader whose lease is taken over stops with `LostLease` (and its process exits).
+pub async fn process_stops_when_the_lease_is_lost() {
+    let leases = ClientBuilder::new().build().await.unwrap();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(fusioninfer_operator::run::run(
+        settings("pod-a"),
+        process_api(leases.clone()),
+        stopped.map(|_| ()),
+    ));
+    tokio::time::sleep(TTL).await;
+    assert_eq!(holder(&leases).await.as_deref(), Some("pod-a"));
+    Api::<Lease>::namespaced(leases.clone(), "ops")
+        .patch(
+            "fusioninfer-operator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "pod-b"}})),
+        )
+        .await
+        .unwrap();
+    let result = running.await.unwrap();
+    assert!(
+        matches!(result, Err(fusioninfer_operator::Error::LostLease(_))),
+        "{result:?}"
+    );
+    assert_eq!(
+        holder(&leases).await.as_deref(),
+        Some("pod-b"),
+        "not released by the loser"
+    );
+}
