@@ -45,6 +45,8 @@ pub struct Replica {
     engine_id: String,
     kv_events_endpoint: Option<String>,
     shutdown: watch::Receiver<bool>,
+    /// Keeps the shutdown channel open for replicas not owned by a [`SimServer`].
+    _shutdown_tx: Option<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -104,9 +106,25 @@ impl Replica {
             engine_id,
             kv_events_endpoint,
             shutdown,
+            _shutdown_tx: None,
             engine,
             tokenizer,
         }
+    }
+
+    /// A replica for in-process use, without a listener or KV-event socket: serve it with
+    /// [`router`] (e.g. through `tower::ServiceExt::oneshot`). `cfg.port` only names the
+    /// instance.
+    pub fn standalone(
+        cfg: SimConfig,
+        tokenizer: Arc<SimTokenizer>,
+    ) -> Result<Arc<Self>, crate::config::ConfigError> {
+        cfg.validate()?;
+        let port = cfg.port;
+        let (tx, rx) = watch::channel(false);
+        let mut replica = Replica::new(Engine::new(cfg, None), tokenizer, port, None, rx);
+        replica._shutdown_tx = Some(tx);
+        Ok(Arc::new(replica))
     }
 
     /// The engine.
@@ -167,7 +185,8 @@ impl Replica {
     }
 }
 
-/// Builds the router of one simulated server (usable in-process with `tower::ServiceExt`).
+/// Builds the router of one simulated server (usable in-process with `tower::ServiceExt`, see
+/// [`Replica::standalone`]).
 pub fn router(replica: Arc<Replica>) -> Router {
     let pod = HeaderValue::from_str(&replica.instance)
         .unwrap_or_else(|_| HeaderValue::from_static("fusioninfer-sim"));
