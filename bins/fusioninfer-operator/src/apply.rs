@@ -5,6 +5,12 @@
 //! - A planned object is written (server-side apply, one field manager, forced) only when
 //!   [`needs_apply`] says its planned fields differ from the live object, so a second reconcile of
 //!   an unchanged spec sends no write at all, while a hand edit of a planned field is restored.
+//! - A planned object is never written over an existing object this service does not control
+//!   (another service deriving the same name, a user's object): that is a [`NameConflict`],
+//!   reported instead. A planned object missing from the labelled list is read by name first
+//!   (one GET, only then, so a steady-state reconcile makes none); an object found that way which
+//!   carries this service's controller reference is still ours (its labels were removed by hand)
+//!   and the apply restores its labels.
 //! - A child is deleted only when it carries a controller reference to this service's uid and
 //!   the plan no longer contains it; the delete is conditional on that uid, so an object
 //!   recreated meanwhile under the same name is left alone.
@@ -17,7 +23,7 @@ use fusioninfer_api::InferenceServiceStatus;
 use fusioninfer_api::labels::{MANAGED_BY, MANAGER, SERVICE};
 use fusioninfer_core::plan::DesiredObject;
 use fusioninfer_core::reconcile::{
-    ObjectKey, is_controlled_by, merge_patch, needs_apply, to_prune,
+    NameConflict, ObjectKey, is_controlled_by, merge_patch, name_conflict, needs_apply, to_prune,
 };
 use fusioninfer_core::status::Observed;
 use k8s_openapi::api::core::v1::Pod;
@@ -149,19 +155,33 @@ fn typed<T: DeserializeOwned>(kind: &ManagedKind, object: &DynamicObject) -> Res
     })
 }
 
+/// What [`apply_desired`] did.
+#[derive(Debug, Default)]
+pub struct ApplyOutcome {
+    /// `Kind name` of each object written.
+    pub applied: Vec<String>,
+    /// Planned objects not written because an object of that name exists that the service does
+    /// not control.
+    pub conflicts: Vec<NameConflict>,
+    /// Objects whose read or apply the API server (or the transport) failed.
+    pub failures: Vec<ApplyFailure>,
+}
+
 /// Server-side applies every planned object that differs from its live version, in plan order
-/// (PodGroup before pods, RBAC before the Deployment that uses it). Objects that fail do not stop
-/// the others; all failures come back together. Returns the `Kind name` of each object written.
+/// (PodGroup before pods, RBAC before the Deployment that uses it), except objects whose name is
+/// taken by an object the service with `uid` does not control: those are left untouched and come
+/// back as conflicts. A planned object missing from `children` is read by name first to find out.
+/// Objects that fail or conflict do not stop the others; everything comes back together.
 pub async fn apply_desired(
     client: &Client,
     namespace: &str,
+    uid: &str,
     desired: &[DesiredObject],
     children: &mut Children,
     metrics: &Metrics,
-) -> Result<Vec<String>, Error> {
+) -> Result<ApplyOutcome, Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut applied = Vec::new();
-    let mut failures = Vec::new();
+    let mut outcome = ApplyOutcome::default();
     for object in desired {
         let label = format!("{} {}", object.kind(), object.name());
         let Some(index) = children.kind_of(object) else {
@@ -172,15 +192,42 @@ pub async fn apply_desired(
             )));
         };
         let (kind, live) = &mut children.by_kind[index];
-        let body = object.to_json();
-        let unchanged = live
-            .get(object.name())
-            .is_some_and(|l| !needs_apply(&body, &to_json(kind, l)));
-        if unchanged {
-            continue;
-        }
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), namespace, &kind.resource);
+        // Not labelled as this service's: it may still exist (another service's, a user's, or
+        // ours with its labels removed by hand), so read it by name before writing anything.
+        let fetched = if live.contains_key(object.name()) {
+            None
+        } else {
+            match api.get_opt(object.name()).await {
+                Ok(fetched) => fetched,
+                Err(source) => {
+                    outcome.failures.push(ApplyFailure {
+                        action: "get",
+                        object: label,
+                        source,
+                    });
+                    continue;
+                }
+            }
+        };
+        let body = object.to_json();
+        if let Some(existing) = fetched.as_ref().or_else(|| live.get(object.name())) {
+            // Listed objects are checked too: labelled like ours but controlled by someone else
+            // (an earlier service of the same name until the garbage collector removes it, or an
+            // object labelled by hand) is not ours either.
+            if let Some(conflict) = name_conflict(object, &existing.metadata, uid) {
+                tracing::warn!(object = %label, %conflict, "name taken: not applied");
+                outcome.conflicts.push(conflict);
+                continue;
+            }
+            if !needs_apply(&body, &to_json(kind, existing)) {
+                if let Some(fetched) = fetched {
+                    live.insert(object.name().to_owned(), fetched);
+                }
+                continue;
+            }
+        }
         metrics.wrote(Write::Apply);
         match api
             .patch(object.name(), &params, &Patch::Apply(&body))
@@ -189,22 +236,16 @@ pub async fn apply_desired(
             Ok(written) => {
                 tracing::info!(object = %label, "applied");
                 live.insert(object.name().to_owned(), written);
-                applied.push(label);
+                outcome.applied.push(label);
             }
-            Err(source) => failures.push(ApplyFailure {
+            Err(source) => outcome.failures.push(ApplyFailure {
+                action: "apply",
                 object: label,
                 source,
             }),
         }
     }
-    if failures.is_empty() {
-        Ok(applied)
-    } else {
-        Err(Error::Apply {
-            total: desired.len(),
-            failures,
-        })
-    }
+    Ok(outcome)
 }
 
 /// Deletes the children controlled by `uid` that the plan no longer contains (a removed role, the

@@ -13,7 +13,8 @@ use fusioninfer_api::InferenceServiceStatus;
 use fusioninfer_api::labels::SERVICE;
 use fusioninfer_core::plan::{PlanOptions, plan};
 use fusioninfer_core::reconcile::{
-    REASON_MISSING_CRD, missing_crd_status, missing_crds, requeue_backoff,
+    REASON_MISSING_CRD, REASON_NAME_CONFLICT, missing_crd_status, missing_crds,
+    name_conflict_status, requeue_backoff,
 };
 use fusioninfer_core::status::{
     CONDITION_READY, REASON_INVALID_SPEC, aggregate_status, invalid_spec_status,
@@ -37,6 +38,11 @@ use crate::metrics::{Metrics, Write};
 /// How often a healthy service is reconciled without any watch event: a safety net for missed
 /// events. Cheap, since an unchanged service costs only list calls.
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(300);
+
+/// When a service whose planned names are taken by objects it does not control is retried
+/// (besides any change to the service itself, which reconciles it at once): a person has to
+/// resolve the conflict, so the quick backoff meant for 409s and outages would only add load.
+pub const NAME_CONFLICT_REQUEUE: Duration = RESYNC_PERIOD;
 
 /// Longest time one reconcile may take before it is abandoned and retried.
 pub const DEFAULT_RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -130,6 +136,10 @@ impl Context {
 /// - Otherwise: apply what differs, prune what is no longer planned, then write the aggregated
 ///   status if it changed. If any apply fails the status is left alone and the error goes to
 ///   [`error_policy`], so the status never claims more than was achieved.
+/// - A planned object whose name is taken by an object this service does not control is not
+///   written (the others are): the status says `NameConflict` with `Ready=False`, a Warning Event
+///   names the object and its owner (once per status change), nothing is pruned, and the
+///   reconcile fails with [`Error::NameConflict`], retried on the slow path.
 ///
 /// The whole reconcile is bounded by [`Context::reconcile_timeout`].
 pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -148,10 +158,16 @@ pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result
 }
 
 /// Requeues a failed service after [`requeue_backoff`] of its consecutive failures: 1 s, 2 s,
-/// 4 s, … up to 5 minutes, per service, reset by its next successful reconcile.
+/// 4 s, … up to 5 minutes, per service, reset by its next successful reconcile. An error only a
+/// person can resolve ([`Error::needs_a_person`]: a name conflict) is retried after
+/// [`NAME_CONFLICT_REQUEUE`] instead.
 pub fn error_policy(isvc: Arc<InferenceService>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.record_failure(ObjectRef::from_obj(&*isvc));
-    let delay = requeue_backoff(failures);
+    let delay = if error.needs_a_person() {
+        NAME_CONFLICT_REQUEUE
+    } else {
+        requeue_backoff(failures)
+    };
     tracing::warn!(
         namespace = isvc.namespace().unwrap_or_default(),
         name = isvc.name_any(),
@@ -203,15 +219,28 @@ async fn reconcile_service(isvc: &InferenceService, ctx: &Context) -> Result<Act
     }
 
     let mut children = Children::list(&ctx.client, namespace, name, &ctx.kinds).await?;
-    if let Err(error) = apply_desired(
+    let outcome = apply_desired(
         &ctx.client,
         namespace,
+        uid,
         &desired,
         &mut children,
         &ctx.metrics,
     )
-    .await
-    {
+    .await?;
+    if !outcome.conflicts.is_empty() {
+        // Reported even when other objects failed: the status says why the service cannot
+        // become ready, and claims nothing more (its conditions are never Ready).
+        let pods = list_pods(&ctx.client, namespace, name).await?;
+        let observed = children.observed(uid, pods)?;
+        let status = name_conflict_status(isvc, &observed, &outcome.conflicts, now.clone());
+        report_blocked(isvc, ctx, &status, REASON_NAME_CONFLICT).await?;
+    }
+    if !outcome.failures.is_empty() {
+        let error = Error::Apply {
+            total: desired.len(),
+            failures: outcome.failures,
+        };
         if error.is_rejection() {
             // The API server refused a planned object (admission, schema): a retry will not
             // help, so tell the user where they look. Best effort: the error is returned anyway.
@@ -221,6 +250,13 @@ async fn reconcile_service(isvc: &InferenceService, ctx: &Context) -> Result<Act
             }
         }
         return Err(error);
+    }
+    if !outcome.conflicts.is_empty() {
+        // Nothing is pruned while the plan is not fully applied: the object a conflicting one
+        // would replace (a StatefulSet turning into a LeaderWorkerSet) keeps serving.
+        return Err(Error::NameConflict {
+            conflicts: outcome.conflicts,
+        });
     }
     prune(
         &ctx.client,
@@ -239,9 +275,9 @@ async fn reconcile_service(isvc: &InferenceService, ctx: &Context) -> Result<Act
     Ok(Action::requeue(RESYNC_PERIOD))
 }
 
-/// For a service the operator cannot act on: when its status changes, publish a Warning Event
-/// with the reason and the `Ready` message, then write the status. The Event goes first so that
-/// a failure to publish it is retried together with the status write.
+/// For a service the operator cannot (fully) act on: when its status changes, publish a Warning
+/// Event with the reason and the `Ready` message, then write the status. The Event goes first so
+/// that a failure to publish it is retried together with the status write.
 async fn report_blocked(
     isvc: &InferenceService,
     ctx: &Context,
@@ -262,7 +298,7 @@ async fn report_blocked(
         name = isvc.name_any(),
         reason,
         %message,
-        "not applying"
+        "blocked"
     );
     publish(isvc, ctx, reason, &message).await?;
     write_status(&ctx.client, isvc, status, &ctx.metrics).await?;

@@ -3,9 +3,13 @@
 
 use std::time::Duration;
 
-/// A planned object the API server did not accept.
+use fusioninfer_core::reconcile::NameConflict;
+
+/// A planned object the API server did not accept, or could not be read before the first apply.
 #[derive(Debug)]
 pub struct ApplyFailure {
+    /// `apply`, or `get` for the read that checks who owns an existing object of that name.
+    pub action: &'static str,
     /// `Kind name` of the object.
     pub object: String,
     /// What the API server (or the transport) said.
@@ -34,6 +38,15 @@ pub enum Error {
         total: usize,
         /// Each object that failed, with why.
         failures: Vec<ApplyFailure>,
+    },
+    /// Planned objects whose names are taken by existing objects this service does not control
+    /// (another service derived the same name, or a user created the object). They were not
+    /// written; the service's status says `NameConflict`. Retrying soon does not help: a person
+    /// has to rename or remove one side.
+    #[error("{} planned object(s) not applied: {}", conflicts.len(), describe_conflicts(conflicts))]
+    NameConflict {
+        /// Each object, with its current owner.
+        conflicts: Vec<NameConflict>,
     },
     /// An object read from the API server does not fit its type.
     #[error("{target} from the API server does not fit its type: {source}")]
@@ -101,7 +114,15 @@ pub enum Error {
 fn describe(failures: &[ApplyFailure]) -> String {
     failures
         .iter()
-        .map(|f| format!("{}: {}", f.object, f.source))
+        .map(|f| format!("{} {}: {}", f.action, f.object, f.source))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn describe_conflicts(conflicts: &[NameConflict]) -> String {
+    conflicts
+        .iter()
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -118,6 +139,7 @@ impl Error {
             Error::Apply { failures, .. } => failures
                 .first()
                 .map_or("rejected", |f| kube_error_label(&f.source)),
+            Error::NameConflict { .. } => "name_conflict",
             Error::Decode { .. } => "decode",
             Error::Timeout(_) => "timeout",
             Error::MissingMetadata(_) | Error::UnmanagedKind(_) => "internal",
@@ -130,6 +152,13 @@ impl Error {
     /// retrying the same request will not help, a user has to look, so it deserves an Event.
     pub fn is_rejection(&self) -> bool {
         self.metric_label() == "rejected"
+    }
+
+    /// Whether only a person can resolve the error (a name conflict): the error policy then
+    /// requeues on the slow resync period instead of the quick backoff meant for conflicts and
+    /// outages.
+    pub fn needs_a_person(&self) -> bool {
+        matches!(self, Error::NameConflict { .. })
     }
 }
 

@@ -9,8 +9,9 @@
 //!   happened before), its typed [`Error`], the error policy with per-object exponential backoff,
 //!   and the kube-runtime `Controller` that owns every planned kind and watches the pods;
 //! - [`apply`]: server-side apply under one field manager, only for objects whose planned fields
-//!   differ from the live ones (so an unchanged spec makes no writes), label-selected pruning,
-//!   and the status write through the status subresource;
+//!   differ from the live ones (so an unchanged spec makes no writes) and never over an object
+//!   the service does not control (a name conflict), label-selected pruning, and the status write
+//!   through the status subresource;
 //! - [`kinds`] and [`discovery`]: which kinds the operator manages and which optional CRDs
 //!   (LeaderWorkerSet, Volcano, Gateway API Inference Extension, Gateway API) the cluster serves;
 //! - [`lease`]: leader election on a `coordination.k8s.io` Lease with optimistic concurrency;

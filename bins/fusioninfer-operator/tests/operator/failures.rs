@@ -314,6 +314,40 @@ pub async fn conflict_on_status_requeues() -> CallLog {
     h.log
 }
 
+/// 500 on the read by name of a planned object missing from the labelled list: that object is
+/// not written (the operator cannot tell whose it is), the others are, no status, quick retry.
+pub async fn failed_lookup_requeues_quickly() -> CallLog {
+    let (h, faults) = faulty_harness().await;
+    h.create(PD_VOLCANO).await;
+    faults.set(Fault::Status(500), |m, p| {
+        m == Method::GET && p.ends_with("/statefulsets/chat-decode")
+    });
+    let error = h.reconcile("llm", "chat").await.expect_err("get fails");
+    assert_eq!(error.metric_label(), "server_error");
+    assert!(
+        error.to_string().contains("get StatefulSet chat-decode"),
+        "{error}"
+    );
+    let children = h.children("llm").await;
+    assert_eq!(children.len(), 12);
+    assert!(
+        !children
+            .iter()
+            .any(|(kind, name, _)| kind == "StatefulSet" && name == "chat-decode"),
+        "not written without knowing whose it would be"
+    );
+    assert_eq!(status_writes(&h.log.calls()), 0);
+    let (isvc, _) = service_ref(&h).await;
+    assert_eq!(
+        error_policy(isvc, &error, h.ctx.clone()),
+        Action::requeue(BACKOFF_BASE)
+    );
+    faults.clear();
+    h.reconcile("llm", "chat").await.expect("recovers");
+    assert_eq!(h.children("llm").await.len(), 13);
+    h.log
+}
+
 /// 422 (the API server rejects a planned object): error, and a Warning Event tells the user.
 pub async fn rejected_apply_publishes_an_event() -> CallLog {
     let (h, faults) = faulty_harness().await;

@@ -69,6 +69,21 @@ mod reconcile {
     }
 
     #[tokio::test]
+    async fn colliding_services_do_not_take_each_others_objects() {
+        scenarios::colliding_services_do_not_take_each_others_objects().await;
+    }
+
+    #[tokio::test]
+    async fn user_object_with_a_planned_name_is_not_taken_over() {
+        scenarios::user_object_with_a_planned_name_is_not_taken_over().await;
+    }
+
+    #[tokio::test]
+    async fn owned_child_with_labels_removed_is_restored() {
+        scenarios::owned_child_with_labels_removed_is_restored().await;
+    }
+
+    #[tokio::test]
     async fn every_example_reconciles() {
         scenarios::every_example_reconciles().await;
     }
@@ -100,6 +115,11 @@ mod api_failures {
     #[tokio::test]
     async fn conflict_on_status_requeues() {
         failures::conflict_on_status_requeues().await;
+    }
+
+    #[tokio::test]
+    async fn failed_lookup_requeues_quickly() {
+        failures::failed_lookup_requeues_quickly().await;
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 
 use fusioninfer_api::InferenceService;
 use fusioninfer_core::plan::{PlanOptions, epp_rbac_rules, plan};
+use fusioninfer_operator::kinds::managed_kinds;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use kube::Resource;
 use serde_json::Value;
@@ -76,12 +77,16 @@ async fn all_calls() -> BTreeSet<ApiCall> {
         scenarios::invalid_edit_leaves_children_alone().await,
         scenarios::missing_crd_blocks_only_services_needing_it().await,
         scenarios::deletion_relies_on_owner_references().await,
+        scenarios::colliding_services_do_not_take_each_others_objects().await,
+        scenarios::user_object_with_a_planned_name_is_not_taken_over().await,
+        scenarios::owned_child_with_labels_removed_is_restored().await,
         scenarios::every_example_reconciles().await,
         failures::conflict_on_apply_requeues_with_backoff().await,
         failures::server_error_on_list_requeues().await,
         failures::failed_apply_does_not_claim_the_new_generation().await,
         failures::hung_api_server_times_out().await,
         failures::conflict_on_status_requeues().await,
+        failures::failed_lookup_requeues_quickly().await,
         failures::rejected_apply_publishes_an_event().await,
         runtime::lease_handover().await,
         runtime::discovery_reads_group_versions().await,
@@ -159,6 +164,20 @@ async fn deploy_rbac_allows_exactly_what_the_operator_does() {
         leader, used_leases,
         "leader-election Role = the Lease calls"
     );
+    // Every managed kind is read by name in some scenario (a planned object missing from the
+    // labelled list), so `get` on it is used, not merely held for the EPP's Role.
+    for kind in managed_kinds() {
+        let get = (
+            "get".to_owned(),
+            kind.resource.group.clone(),
+            kind.resource.plural.clone(),
+        );
+        assert!(
+            used.contains(&get),
+            "no scenario reads a {} by name",
+            kind.kind()
+        );
+    }
     // The escalation check: the operator holds every permission it grants to the EPP.
     for grant in grants(&epp_rbac_rules()) {
         assert!(

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use fusioninfer_api::InferenceService;
 use fusioninfer_api::labels::{MANAGED_BY, MANAGER, SERVICE};
 use fusioninfer_core::plan::{PlanOptions, plan};
-use fusioninfer_core::reconcile::{REASON_MISSING_CRD, is_controlled_by};
+use fusioninfer_core::reconcile::{REASON_MISSING_CRD, REASON_NAME_CONFLICT, is_controlled_by};
+use fusioninfer_operator::controller::NAME_CONFLICT_REQUEUE;
 use fusioninfer_operator::kinds::InstalledCrds;
 use fusioninfer_operator::metrics::Write;
+use fusioninfer_operator::{Error, error_policy};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -97,6 +99,30 @@ spec:
     template: {spec: {containers: [{name: vllm, image: vllm/vllm-openai:v0.11.0}]}}
 "#;
 
+/// Service `a` with role `b-c`: its StatefulSet and headless Service are named `a-b-c`.
+pub const COLLIDING_FIRST: &str = r#"
+apiVersion: fusioninfer.io/v1alpha1
+kind: InferenceService
+metadata: {name: a, namespace: llm}
+spec:
+  roles:
+  - name: b-c
+    componentType: worker
+    template: {spec: {containers: [{name: vllm, image: vllm/vllm-openai:v0.11.0}]}}
+"#;
+
+/// Service `a-b` with role `c`: derives the same names as [`COLLIDING_FIRST`].
+pub const COLLIDING_SECOND: &str = r#"
+apiVersion: fusioninfer.io/v1alpha1
+kind: InferenceService
+metadata: {name: a-b, namespace: llm}
+spec:
+  roles:
+  - name: c
+    componentType: worker
+    template: {spec: {containers: [{name: vllm, image: vllm/vllm-openai:v0.11.0}]}}
+"#;
+
 /// Keys `(kind, name)` of the objects the planner wants for `isvc`.
 pub fn planned(isvc: &InferenceService) -> BTreeSet<(String, String)> {
     plan(isvc, &PlanOptions::default())
@@ -128,6 +154,42 @@ async fn keys(h: &Harness, ns: &str) -> BTreeSet<(String, String)> {
 
 fn writes(calls: &[ApiCall]) -> Vec<ApiCall> {
     calls.iter().filter(|c| c.is_write()).cloned().collect()
+}
+
+/// The `get` (read by name) calls among `calls`.
+fn gets(calls: &[ApiCall]) -> Vec<ApiCall> {
+    calls
+        .iter()
+        .filter(|c| matches!(c, ApiCall::Resource { verb, .. } if verb == "get"))
+        .cloned()
+        .collect()
+}
+
+/// What must not change about an object someone else owns: `(kind, name, resourceVersion,
+/// labels, owner references)` of every object of a managed kind in `ns`.
+async fn identities(
+    h: &Harness,
+    ns: &str,
+) -> Vec<(
+    String,
+    String,
+    Option<String>,
+    std::collections::BTreeMap<String, String>,
+    Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+)> {
+    h.children(ns)
+        .await
+        .into_iter()
+        .map(|(kind, name, o)| {
+            (
+                kind,
+                name,
+                o.resource_version(),
+                o.labels().clone(),
+                o.metadata.owner_references,
+            )
+        })
+        .collect()
 }
 
 /// Create → every planned object exists with a controller reference; status written with
@@ -188,6 +250,11 @@ pub async fn second_reconcile_writes_nothing() -> CallLog {
     assert_eq!(h.versions("llm", "chat").await, before);
     let calls = h.log.since(from);
     assert!(writes(&calls).is_empty(), "writes: {:?}", writes(&calls));
+    assert!(
+        gets(&calls).is_empty(),
+        "every child is listed by label: no read by name, {:?}",
+        gets(&calls)
+    );
     assert!(!calls.is_empty());
     assert_eq!(h.ctx.metrics.writes(Write::Apply), applies);
     h.log
@@ -579,4 +646,293 @@ pub async fn every_example_reconciles() -> CallLog {
         }
     }
     log
+}
+
+/// Two services whose names collide (`a` + role `b-c`, `a-b` + role `c`, both `a-b-c`): the
+/// second is not given the first's objects. It fails with `NameConflict` (condition and Event
+/// naming the object and its owner, slow requeue), and the first's objects keep their
+/// resourceVersion, labels and owner references. Once a person removes one side, the other gets
+/// the names.
+pub async fn colliding_services_do_not_take_each_others_objects() -> CallLog {
+    let h = Harness::new(InstalledCrds::all()).await;
+    let first = h.create(COLLIDING_FIRST).await;
+    let first_uid = first.uid().expect("uid");
+    h.reconcile("llm", "a").await.expect("first service");
+    let second = h.create(COLLIDING_SECOND).await;
+    assert_eq!(planned(&first), planned(&second), "the same names");
+    let before = identities(&h, "llm").await;
+    let first_status = h.get("llm", "a").await.status;
+
+    let from = h.log.len();
+    let error = h
+        .reconcile("llm", "a-b")
+        .await
+        .expect_err("a name conflict fails the reconcile");
+    assert!(matches!(error, Error::NameConflict { .. }), "{error}");
+    assert_eq!(error.metric_label(), "name_conflict");
+    assert!(error.to_string().contains("StatefulSet a-b-c"), "{error}");
+    let isvc = Arc::new(h.get("llm", "a-b").await);
+    assert_eq!(
+        error_policy(isvc.clone(), &error, h.ctx.clone()),
+        Action::requeue(NAME_CONFLICT_REQUEUE),
+        "a person has to act: no quick retry"
+    );
+    assert_eq!(
+        error_policy(isvc, &error, h.ctx.clone()),
+        Action::requeue(NAME_CONFLICT_REQUEUE),
+        "no exponential backoff either"
+    );
+
+    // The first service's objects are untouched, and nothing was even attempted on them: the
+    // only writes are the second service's Event and status.
+    assert_eq!(identities(&h, "llm").await, before);
+    for (_, name, _, labels, owners) in &before {
+        assert_eq!(labels.get(SERVICE).map(String::as_str), Some("a"), "{name}");
+        assert_eq!(owners.as_ref().unwrap()[0].uid, first_uid, "{name}");
+    }
+    let calls = h.log.since(from);
+    assert_eq!(
+        writes(&calls).into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            ApiCall::resource("create", "events.k8s.io", "events"),
+            ApiCall::resource("patch", "fusioninfer.io", "inferenceservices/status"),
+        ]),
+    );
+    assert_eq!(
+        gets(&calls).into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            ApiCall::resource("get", "apps", "statefulsets"),
+            ApiCall::resource("get", "", "services"),
+        ]),
+        "the two planned objects missing from the labelled lists are read by name"
+    );
+    assert_eq!(h.get("llm", "a").await.status, first_status);
+
+    let stored = h.get("llm", "a-b").await;
+    let (ready, reason, message) = condition(&stored, "Ready");
+    assert_eq!((ready, reason), ("False", REASON_NAME_CONFLICT));
+    assert_eq!(condition(&stored, "Degraded").0, "True");
+    assert_eq!(condition(&stored, "Progressing").0, "False");
+    for expected in [
+        "StatefulSet a-b-c already exists and belongs to InferenceService a",
+        "Service a-b-c already exists",
+        &format!("(uid {first_uid})"),
+        "rename role \"c\" or InferenceService a-b",
+    ] {
+        assert!(message.contains(expected), "{expected:?} not in {message}");
+    }
+    assert_eq!(
+        stored.status.as_ref().unwrap().observed_generation,
+        stored.metadata.generation
+    );
+    let events = events_for(&h, "a-b").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(events[0].reason.as_deref(), Some(REASON_NAME_CONFLICT));
+    let note = events[0].note.as_deref().unwrap_or("");
+    assert!(
+        note.contains("StatefulSet a-b-c") && note.contains("InferenceService a (uid"),
+        "{note}"
+    );
+    assert!(events_for(&h, "a").await.is_empty());
+
+    // Again: the conflict is checked again (by name), but nothing is written.
+    let from = h.log.len();
+    let again = h
+        .reconcile("llm", "a-b")
+        .await
+        .expect_err("still conflicting");
+    assert!(matches!(again, Error::NameConflict { .. }));
+    let calls = h.log.since(from);
+    assert!(writes(&calls).is_empty(), "{:?}", writes(&calls));
+    assert_eq!(identities(&h, "llm").await, before);
+    // The first service is still healthy: its reconcile writes nothing.
+    let from = h.log.len();
+    h.reconcile("llm", "a").await.expect("first service");
+    assert!(writes(&h.log.since(from)).is_empty());
+
+    // Resolved by a person: the first service is deleted (its children go with it), and the
+    // second now creates its own.
+    Api::<InferenceService>::namespaced(h.api.clone(), "llm")
+        .delete("a", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(h.children("llm").await.is_empty());
+    h.reconcile("llm", "a-b").await.expect("names are free");
+    let second_uid = second.uid().unwrap();
+    for (kind, name, object) in h.children("llm").await {
+        assert!(
+            is_controlled_by(&object.metadata, &second_uid),
+            "{kind} {name}"
+        );
+        assert_eq!(
+            object.labels().get(SERVICE).map(String::as_str),
+            Some("a-b")
+        );
+    }
+    let stored = h.get("llm", "a-b").await;
+    assert_ne!(condition(&stored, "Ready").1, REASON_NAME_CONFLICT);
+    h.log
+}
+
+/// A user's ConfigMap that happens to have a planned name is not taken over: it keeps its data,
+/// labels, (absent) owner references and resourceVersion. Every other planned object is applied,
+/// but even with every workload ready the service is not `Ready`. Once the user deletes their
+/// ConfigMap, the next reconcile creates the operator's and the service becomes ready.
+pub async fn user_object_with_a_planned_name_is_not_taken_over() -> CallLog {
+    let h = Harness::new(InstalledCrds::all()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(h.api.clone(), "llm");
+    let mine: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "chat-router", "namespace": "llm", "labels": {"team": "search"}},
+        "data": {"config.yaml": "mine"}
+    }))
+    .unwrap();
+    let mine = cms.create(&PostParams::default(), &mine).await.unwrap();
+    let created = h.create(PD_VOLCANO).await;
+    let uid = created.uid().unwrap();
+
+    let error = h
+        .reconcile("llm", "chat")
+        .await
+        .expect_err("a name conflict fails the reconcile");
+    assert!(matches!(error, Error::NameConflict { ref conflicts } if conflicts.len() == 1));
+    let after = cms.get("chat-router").await.unwrap();
+    assert_eq!(after.resource_version(), mine.resource_version());
+    assert_eq!(after.data, mine.data);
+    assert_eq!(after.labels(), mine.labels());
+    assert_eq!(after.metadata.owner_references, None);
+
+    // The other twelve objects are applied, and are the service's.
+    assert_eq!(keys(&h, "llm").await, planned(&created));
+    for (kind, name, object) in h.children("llm").await {
+        if (kind.as_str(), name.as_str()) != ("ConfigMap", "chat-router") {
+            assert!(is_controlled_by(&object.metadata, &uid), "{kind} {name}");
+        }
+    }
+    let stored = h.get("llm", "chat").await;
+    let (ready, reason, message) = condition(&stored, "Ready");
+    assert_eq!((ready, reason), ("False", REASON_NAME_CONFLICT));
+    assert!(
+        message.contains("ConfigMap chat-router already exists and was not created by FusionInfer")
+            && message.contains("rename role \"router\" or InferenceService chat"),
+        "{message}"
+    );
+    let events = events_for(&h, "chat").await;
+    assert_eq!(events.len(), 1);
+    assert!(
+        events[0]
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("ConfigMap chat-router already exists and was not created by FusionInfer")
+    );
+
+    // Every workload reports ready: the components say so, the conditions still do not.
+    set_status::<StatefulSet>(
+        &h,
+        "chat-prefill",
+        json!({"replicas": 2, "readyReplicas": 2}),
+    )
+    .await;
+    set_status::<StatefulSet>(
+        &h,
+        "chat-decode",
+        json!({"replicas": 1, "readyReplicas": 1}),
+    )
+    .await;
+    set_status::<Deployment>(
+        &h,
+        "chat-router",
+        json!({"replicas": 1, "readyReplicas": 1}),
+    )
+    .await;
+    h.reconcile("llm", "chat")
+        .await
+        .expect_err("still conflicting");
+    let stored = h.get("llm", "chat").await;
+    assert_eq!(
+        condition(&stored, "Ready"),
+        ("False", REASON_NAME_CONFLICT, message)
+    );
+    assert_eq!(
+        stored.status.as_ref().unwrap().summary.as_deref(),
+        Some("prefill 2/2, decode 1/1, router 1/1")
+    );
+    assert_eq!(
+        cms.get("chat-router").await.unwrap().resource_version(),
+        mine.resource_version()
+    );
+
+    // The user removes their ConfigMap: the operator's is created and the service is Ready.
+    cms.delete("chat-router", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.reconcile("llm", "chat")
+        .await
+        .expect("no conflict any more");
+    let ours = cms.get("chat-router").await.unwrap();
+    assert!(is_controlled_by(&ours.metadata, &uid));
+    let stored = h.get("llm", "chat").await;
+    assert_eq!(condition(&stored, "Ready").0, "True", "{:?}", stored.status);
+    assert_eq!(
+        h.ctx
+            .failures(&kube::runtime::reflector::ObjectRef::from_obj(&stored)),
+        0
+    );
+    h.log
+}
+
+/// A child whose labels were removed by hand is no longer listed, but it carries the service's
+/// controller reference, so it is still the service's: the reconcile reads it by name and the
+/// apply puts the labels back. The next reconcile is write- and GET-free again.
+pub async fn owned_child_with_labels_removed_is_restored() -> CallLog {
+    let h = Harness::new(InstalledCrds::all()).await;
+    let created = h.create(MONOLITHIC).await;
+    let uid = created.uid().unwrap();
+    h.reconcile("llm", "small").await.expect("reconcile");
+    let sts: Api<StatefulSet> = Api::namespaced(h.api.clone(), "llm");
+    let mut worker = sts.get("small-worker").await.unwrap();
+    worker.metadata.labels = None;
+    let stripped = sts
+        .replace("small-worker", &PostParams::default(), &worker)
+        .await
+        .unwrap();
+    assert!(stripped.labels().is_empty(), "labels removed by hand");
+
+    let from = h.log.len();
+    h.reconcile("llm", "small").await.expect("still ours");
+    let calls = h.log.since(from);
+    assert_eq!(
+        gets(&calls),
+        [ApiCall::resource("get", "apps", "statefulsets")]
+    );
+    assert_eq!(
+        writes(&calls),
+        [
+            ApiCall::resource("patch", "apps", "statefulsets"),
+            ApiCall::resource("create", "apps", "statefulsets"),
+        ],
+        "only the apply that restores the labels"
+    );
+    let restored = sts.get("small-worker").await.unwrap();
+    assert_eq!(
+        restored.labels().get(SERVICE).map(String::as_str),
+        Some("small")
+    );
+    assert_eq!(
+        restored.labels().get(MANAGED_BY).map(String::as_str),
+        Some(MANAGER)
+    );
+    assert!(is_controlled_by(&restored.metadata, &uid));
+    let stored = h.get("llm", "small").await;
+    assert_ne!(condition(&stored, "Ready").1, REASON_NAME_CONFLICT);
+
+    let from = h.log.len();
+    h.reconcile("llm", "small").await.expect("steady state");
+    let calls = h.log.since(from);
+    assert!(
+        writes(&calls).is_empty() && gets(&calls).is_empty(),
+        "{calls:?}"
+    );
+    h.log
 }
