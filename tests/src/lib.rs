@@ -300,3 +300,14 @@ pub fn assert_golden(path: &str, actual: &str) {
         );
     }
 }
+
+/// An HTTP client for tests that talk to servers on loopback.
+///
+/// In a whole-workspace build, feature unification gives reqwest `rustls-no-provider` (from a
+/// dev-dependency's jsonschema) while both the `ring` and `aws-lc-rs` rustls back ends are
+/// compiled in, so rustls cannot choose a crypto provider by itself and reqwest panics when a
+/// client is built. Installing `ring` (the workspace's choice) first makes it deterministic.
+pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(timeout).build().expect("an HTTP client builds")
+}

@@ -76,10 +76,7 @@ async fn replicas_listen_on_consecutive_ports() {
         }
     }
     let (port, (_guard, lines)) = started.expect("simulators start");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = fusioninfer_tests::http_client(Duration::from_secs(10));
     for (i, line) in lines.iter().enumerate() {
         let p = port + i as u16;
         assert_eq!(

@@ -36,10 +36,7 @@ pub async fn start_with(cfg: SimConfig, tok: Arc<SimTokenizer>) -> SimServer {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
+    fusioninfer_tests::http_client(Duration::from_secs(30))
 }
 
 /// POSTs raw bytes as JSON; returns status, headers and body text.
