@@ -1,0 +1,87 @@
+//! `fusioninfer-epp`: FusionInfer's endpoint picker. Envoy (or another ext_proc-capable
+//! gateway) asks it which model server each OpenAI request goes to.
+//!
+//! In a cluster the planner starts it with `--pool-name P --pool-namespace $(POD_NAMESPACE)
+//! --config-file /etc/fusioninfer/epp/config.yaml --grpc-port 9002 --grpc-health-port 9003
+//! --metrics-port 9090`; locally, `--endpoints-file endpoints.yaml --strategy prefix-cache`.
+//! Logs go to stderr (`RUST_LOG` filters, `--log-format json` for JSON lines); one line
+//! `listening grpc=… health=… metrics=…` goes to stdout once the ports are bound.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use fusioninfer_epp::{Options, RunningEpp};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fusioninfer-epp",
+    version,
+    about = "FusionInfer endpoint picker (Envoy ext_proc)"
+)]
+struct Args {
+    #[command(flatten)]
+    options: Options,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+
+    let epp = match RunningEpp::start(&args.options).await {
+        Ok(epp) => epp,
+        Err(error) => {
+            eprintln!("fusioninfer-epp: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "listening grpc={} health={} metrics={}",
+        epp.grpc_address, epp.health_address, epp.metrics_address
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    epp.shutdown(Duration::from_secs(5)).await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
