@@ -147,6 +147,17 @@ pub async fn exchange(
     client: &Client,
     messages: Vec<ProcessingRequest>,
 ) -> Result<Vec<ProcessingResponse>, tonic::Status> {
+    match exchange_all(client, messages).await {
+        (responses, None) => Ok(responses),
+        (_, Some(status)) => Err(status),
+    }
+}
+
+/// Like [`exchange`], but keeps the answers received before a gRPC error.
+pub async fn exchange_all(
+    client: &Client,
+    messages: Vec<ProcessingRequest>,
+) -> (Vec<ProcessingResponse>, Option<tonic::Status>) {
     let (tx, rx) = mpsc::channel(messages.len().max(1));
     for message in messages {
         tx.send(message).await.expect("queue");
@@ -154,15 +165,21 @@ pub async fn exchange(
     drop(tx);
     let mut client = client.clone();
     let call = async move {
-        let mut stream = client
-            .process(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
         let mut responses = Vec::new();
-        while let Some(response) = stream.message().await? {
-            responses.push(response);
+        let mut stream = match client
+            .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => return (responses, Some(status)),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(response)) => responses.push(response),
+                Ok(None) => return (responses, None),
+                Err(status) => return (responses, Some(status)),
+            }
         }
-        Ok(responses)
     };
     tokio::time::timeout(Duration::from_secs(20), call)
         .await
