@@ -1,12 +1,15 @@
-//! `fusioninfer`: render, validate and inspect InferenceServices without a cluster.
+//! `fusioninfer`: render, validate and inspect InferenceServices without a cluster, or run one
+//! on this machine (`up`).
 //!
-//! A thin wrapper: parsing, validation and planning live in `fusioninfer-core`.
+//! A thin wrapper: parsing, validation and planning live in `fusioninfer-core`; local mode in
+//! this package's library (`fusioninfer_cli::local`).
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fusioninfer_cli::local::UpArgs;
 use fusioninfer_core::manifest::{parse_inference_services, to_yaml_stream};
 use fusioninfer_core::plan::{DEFAULT_EPP_IMAGE, PlanOptions, plan};
 use fusioninfer_core::validate::validate;
@@ -42,6 +45,9 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Run an InferenceService on this machine: simulated model servers (or your engines),
+    /// the endpoint picker and Envoy, until Ctrl-C.
+    Up(Box<UpArgs>),
     /// Print the InferenceService CustomResourceDefinition.
     Crd {
         /// Output format.
@@ -100,6 +106,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(code)
         }
+        Command::Up(args) => Ok(fusioninfer_cli::local::up::run(&args)),
         Command::Crd { output } => {
             let crd = serde_json::to_value(fusioninfer_api::crd::inference_service_crd())
                 .expect("CRD serializes");

@@ -63,7 +63,10 @@ fn render_matches_golden_files_for_every_example() {
         fusioninfer_tests::assert_golden(&golden, &stdout(&output));
         rendered += 1;
     }
-    assert_eq!(rendered, 5, "every seed story has an example");
+    assert_eq!(
+        rendered, 6,
+        "every seed story (and the local demo) has an example"
+    );
 }
 
 #[test]
