@@ -309,5 +309,8 @@ pub fn assert_golden(path: &str, actual: &str) {
 /// client is built. Installing `ring` (the workspace's choice) first makes it deterministic.
 pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(timeout).build().expect("an HTTP client builds")
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("an HTTP client builds")
 }
