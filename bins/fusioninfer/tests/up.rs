@@ -155,8 +155,39 @@ impl Drop for TempDir {
     }
 }
 
+const PD_SPEC: &str = r#"
+apiVersion: fusioninfer.io/v1alpha1
+kind: InferenceService
+metadata: {name: up-pd}
+spec:
+  roles:
+  - name: prefill
+    componentType: prefiller
+    template:
+      metadata:
+        annotations:
+          local.fusioninfer.io/sim-args: "--time-scale 0.01"
+      spec:
+        containers: [{name: vllm, image: vllm/vllm-openai:v0.32.0, args: ["--model", "test/tiny"]}]
+  - name: decode
+    componentType: decoder
+    template:
+      metadata:
+        annotations:
+          local.fusioninfer.io/sim-args: "--time-scale 0.01"
+      spec:
+        containers: [{name: vllm, image: vllm/vllm-openai:v0.32.0, args: ["--model", "test/tiny"]}]
+  - name: router
+    componentType: router
+    strategy: pd-disaggregation
+"#;
+
 impl Up {
     fn start(envoy: &Path) -> Up {
+        Up::start_spec(envoy, SPEC)
+    }
+
+    fn start_spec(envoy: &Path, spec_text: &str) -> Up {
         let (sim, epp) = helper_binaries();
         let dir = std::env::temp_dir().join(format!(
             "fusioninfer-up-test-{}-{}",
@@ -165,7 +196,7 @@ impl Up {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let spec = dir.join("spec.yaml");
-        std::fs::write(&spec, SPEC).unwrap();
+        std::fs::write(&spec, spec_text).unwrap();
         // gateway, admin, epp grpc (+1 health), metrics, two servers: consecutive runs for the
         // pairs that must be consecutive.
         let ports = consecutive_free_ports();
@@ -441,6 +472,51 @@ fn sigint_stops_everything_and_sigkill_of_up_takes_the_children_along() {
     up.wait_exit(Duration::from_secs(10));
     let left = wait_gone(&children, Duration::from_secs(10));
     assert!(left.is_empty(), "orphans after kill -9 of up: {left:?}");
+}
+
+#[test]
+fn a_prefill_decode_spec_sends_requests_to_the_decoder() {
+    let Some(envoy) = envoy() else { return };
+    let _serial = serial();
+    let mut up = Up::start_spec(&envoy, PD_SPEC);
+    assert!(
+        up.seen
+            .iter()
+            .any(|l| l.contains("prefill 1/1 · decode 1/1")),
+        "{}",
+        up.seen.join("\n")
+    );
+    assert!(
+        up.seen
+            .iter()
+            .any(|l| l.contains("strategy pd-disaggregation"))
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let base = load::LoopbackUrl::parse(&up.base_url()).unwrap();
+    for (i, stream) in [false, true].into_iter().enumerate() {
+        let outcome = rt.block_on(load::send(
+            &base,
+            "test/tiny",
+            i,
+            &job(
+                0,
+                "a long enough prompt for a remote prefill",
+                Api::Chat,
+                stream,
+            ),
+        ));
+        assert!(outcome.ok(), "{outcome:?}");
+        assert_eq!(
+            outcome.server.as_deref(),
+            Some("up-pd-decode-0"),
+            "{outcome:?}"
+        );
+    }
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
 }
 
 #[test]
