@@ -12,7 +12,8 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
 def test_every_seed_story_is_covered():
-    assert len(EXAMPLES) == 5
+    seed_stories = {"monolithic-qwen3-8b", "monolithic-multinode", "pd-volcano", "pd-router", "custom-epp-config"}
+    assert seed_stories <= {p.stem for p in EXAMPLES}
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
