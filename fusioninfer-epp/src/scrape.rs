@@ -61,6 +61,16 @@ struct Shared {
     permits: Semaphore,
 }
 
+/// Makes rustls' `ring` back end the process default before an HTTP client is built.
+///
+/// The endpoint picker only speaks plain HTTP to model servers, but in a whole-workspace build
+/// cargo unifies reqwest's features with a dev-dependency's (`rustls-no-provider`), and with both
+/// rustls back ends compiled in rustls cannot pick one: building a client would panic. Installing
+/// `ring` (the back end kube already uses) first is harmless everywhere else. Idempotent.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Scraper {
     /// A scraper feeding `store`.
     pub fn new(
@@ -68,6 +78,7 @@ impl Scraper {
         metrics: Arc<EppMetrics>,
         settings: ScrapeSettings,
     ) -> Scraper {
+        ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)

@@ -507,6 +507,7 @@ async fn metrics_port_serves_prometheus_text() {
     )
     .await
     .unwrap();
+    fusioninfer_epp::scrape::ensure_crypto_provider();
     let text = reqwest::Client::builder()
         .no_proxy()
         .build()

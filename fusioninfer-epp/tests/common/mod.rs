@@ -205,6 +205,8 @@ pub struct EnvoyKnobs {
     pub response_body_mode: &'static str,
     /// Drop the ext_proc filter (plain round robin over `fallback`, for comparisons).
     pub without_ext_proc: bool,
+    /// Send only the request phase to the picker (no response headers/body/trailers).
+    pub request_only: bool,
 }
 
 impl EnvoyKnobs {
@@ -216,6 +218,7 @@ impl EnvoyKnobs {
             request_body_mode: "FULL_DUPLEX_STREAMED",
             response_body_mode: "FULL_DUPLEX_STREAMED",
             without_ext_proc: false,
+            request_only: false,
         }
     }
 }
@@ -248,6 +251,11 @@ pub fn envoy_config(knobs: &EnvoyKnobs) -> Value {
         typed["failure_mode_allow"] = json!(knobs.failure_mode_allow);
         typed["processing_mode"]["request_body_mode"] = json!(knobs.request_body_mode);
         typed["processing_mode"]["response_body_mode"] = json!(knobs.response_body_mode);
+        if knobs.request_only {
+            typed["processing_mode"]["response_header_mode"] = json!("SKIP");
+            typed["processing_mode"]["response_body_mode"] = json!("NONE");
+            typed["processing_mode"]["response_trailer_mode"] = json!("SKIP");
+        }
     }
     for cluster in resources["clusters"].as_array_mut().expect("clusters") {
         let endpoints: Vec<Value> = match cluster["name"].as_str() {
@@ -365,6 +373,7 @@ impl Drop for Envoy {
 
 /// An HTTP client for loopback tests.
 pub fn client() -> reqwest::Client {
+    fusioninfer_epp::scrape::ensure_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
