@@ -27,7 +27,7 @@
 //! post-response hooks run (load accounting) and the token counters grow. The picker adds the
 //! response header `x-fusioninfer-endpoint` with the endpoint it chose.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,7 +46,6 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use fusioninfer_sched::{Endpoint, Request, ResponseInfo, Routed, Scheduler, decision};
 use futures::Stream;
-use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::endpoints::EndpointStore;
@@ -174,40 +173,48 @@ impl external_processor_server::ExternalProcessor for ExtProcService {
         &self,
         request: tonic::Request<tonic::Streaming<ProcessingRequest>>,
     ) -> Result<tonic::Response<Self::ProcessStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<ProcessingResponse, Status>>(32);
-        let picker = Arc::clone(&self.picker);
-        tokio::spawn(async move {
-            let mut session = Session::new(picker);
+        // The session runs inside the response stream, driven by the task that sends the
+        // answers: no extra task or channel hop per message. Dropping the stream (the gateway
+        // went away) drops the session, which releases the request's load accounting.
+        let state = StreamState {
+            inbound: request.into_inner(),
+            session: Session::new(Arc::clone(&self.picker)),
+            pending: VecDeque::new(),
+            ended: false,
+        };
+        let stream = futures::stream::unfold(state, |mut state| async move {
             loop {
-                let message = match inbound.message().await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
+                if let Some(item) = state.pending.pop_front() {
+                    return Some((item, state));
+                }
+                if state.ended {
+                    return None;
+                }
+                match state.inbound.message().await {
+                    Ok(Some(message)) => match state.session.handle(message) {
+                        Ok(responses) => state.pending.extend(responses.into_iter().map(Ok)),
+                        Err(status) => {
+                            state.pending.push_back(Err(status));
+                            state.ended = true;
+                        }
+                    },
+                    Ok(None) => return None,
                     Err(status) => {
                         tracing::debug!(%status, "ext_proc stream ended with an error");
-                        break;
-                    }
-                };
-                match session.handle(message) {
-                    Ok(responses) => {
-                        for response in responses {
-                            if tx.send(Ok(response)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
+                        return None;
                     }
                 }
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
         Ok(tonic::Response::new(Box::pin(stream)))
     }
+}
+
+struct StreamState {
+    inbound: tonic::Streaming<ProcessingRequest>,
+    session: Session,
+    pending: VecDeque<Result<ProcessingResponse, Status>>,
+    ended: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
