@@ -426,11 +426,33 @@ async fn main() {
     let sims = start_fleet(64).await;
     let addresses: Vec<_> = sims.iter().map(|s| s.addr).collect();
     let varied = bodies(2_000, 2_000);
-    for (strategy, label) in [
-        ("prefix-cache", "prefix-cache (default)"),
-        ("round-robin", "round-robin (no prefix index)"),
+    // The same prefix-cache profile with a smaller per-endpoint LRU, to show where memory goes:
+    // the scheduler's index reserves room for `lruCapacityPerServer` blocks per endpoint.
+    let small_lru = dir.join("prefix-small-lru.yaml");
+    std::fs::write(
+        &small_lru,
+        fusioninfer_core::strategy::endpoint_picker_config(
+            fusioninfer_api::RoutingStrategy::PrefixCache,
+        )
+        .replace("lruCapacityPerServer: 31250", "lruCapacityPerServer: 2048"),
+    )
+    .unwrap();
+    let small_lru = small_lru.display().to_string();
+    for (args, label) in [
+        (
+            vec!["--strategy", "prefix-cache"],
+            "prefix-cache (default, lruCapacityPerServer 31250)",
+        ),
+        (
+            vec!["--config-file", small_lru.as_str()],
+            "prefix-cache with lruCapacityPerServer 2048",
+        ),
+        (
+            vec!["--strategy", "round-robin"],
+            "round-robin (no prefix index)",
+        ),
     ] {
-        let epp = start_epp(&addresses, &dir, &["--strategy", strategy]);
+        let epp = start_epp(&addresses, &dir, &args);
         wait_ready(&client, &epp, 64).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (idle, _) = rss_kib(epp.child.id());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::endpoints::EndpointStore;
@@ -180,12 +180,15 @@ impl RunningEpp {
         let grpc_health = health_service.clone();
         let rx = stopped.clone();
         servers.push(tokio::spawn(async move {
+            // Accepted sockets get TCP_NODELAY here (the builder's flag only applies to
+            // listeners tonic binds itself): with Nagle, a body answer split over several
+            // writes can wait for a delayed ACK (40 ms).
+            let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(ext_proc)
                 .add_service(grpc_health)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), signal(rx))
+                .serve_with_incoming_shutdown(incoming, signal(rx))
                 .await;
             if let Err(error) = result {
                 tracing::error!(%error, "ext_proc server failed");
@@ -195,7 +198,10 @@ impl RunningEpp {
         servers.push(tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(health_service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(health), signal(rx))
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(health).with_nodelay(Some(true)),
+                    signal(rx),
+                )
                 .await;
             if let Err(error) = result {
                 tracing::error!(%error, "health server failed");
