@@ -123,6 +123,19 @@ async fn chat_and_completions_streamed_or_not_land_where_the_picker_chose() {
         models.json::<Value>().await.unwrap()["data"][0]["id"],
         "sim-model"
     );
+    // ...and a body on another path streams through untouched (here ~100 KB to /tokenize).
+    let text = words(100_000, 11);
+    let body = json!({"model": "sim-model", "prompt": text}).to_string();
+    let direct = post(
+        &client,
+        &format!("{}/tokenize", sims[0].url()),
+        body.clone(),
+    )
+    .await;
+    let through = post(&client, &envoy.url("/tokenize"), body).await;
+    assert_eq!(through.status, 200, "{}", through.body);
+    assert_eq!(through.json()["count"], direct.json()["count"]);
+    assert!(through.picked.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
