@@ -427,20 +427,7 @@ async fn shared_prefixes_stick_to_one_endpoint_while_load_stays_bounded() {
     })
     .await;
     let addresses: Vec<_> = sims.iter().map(|s| s.addr).collect();
-    // The planner's prefix-cache strategy; only the staleness threshold is relaxed, so that a
-    // scrape delayed on a busy test machine cannot make the whole fleet look saturated.
-    let config = scratch_dir("prefix").join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\nsaturationDetector:\n  metricsStalenessThreshold: 2s\n",
-            fusioninfer_core::strategy::endpoint_picker_config(
-                fusioninfer_api::RoutingStrategy::PrefixCache
-            )
-        ),
-    )
-    .unwrap();
-    let epp = TestEpp::start(&addresses, &["--config-file", config.to_str().unwrap()]).await;
+    let epp = TestEpp::start(&addresses, &["--strategy", "prefix-cache"]).await;
     epp.wait_ready(3).await;
     let envoy = Envoy::start(
         &envoy_binary,

@@ -155,7 +155,33 @@ impl TestEpp {
         .map(str::to_owned)
         .to_vec();
         args.push(endpoints_file.display().to_string());
-        args.extend(extra.iter().map(|s| s.to_string()));
+        // A strategy (default prefix-cache) becomes the planner's config with a 2 s metrics
+        // staleness threshold instead of 200 ms: a test machine busy enough to delay a 50 ms
+        // scrape by 200 ms must not make the whole fleet look saturated (429). Saturation by
+        // queue depth and unreachable servers behave as in production.
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|a| a == "--config-file") {
+            let strategy = match extra.iter().position(|a| a == "--strategy") {
+                Some(i) => {
+                    let name = extra.remove(i + 1);
+                    extra.remove(i);
+                    name.parse().expect("known strategy")
+                }
+                None => fusioninfer_api::RoutingStrategy::default(),
+            };
+            let config = dir.join("epp-config.yaml");
+            std::fs::write(
+                &config,
+                format!(
+                    "{}\nsaturationDetector:\n  metricsStalenessThreshold: 2s\n",
+                    fusioninfer_core::strategy::endpoint_picker_config(strategy)
+                ),
+            )
+            .expect("write config");
+            extra.push("--config-file".into());
+            extra.push(config.display().to_string());
+        }
+        args.extend(extra);
         let options = <Options as clap::Parser>::try_parse_from(&args).expect("test flags parse");
         let epp = RunningEpp::start(&options).await.expect("picker starts");
         TestEpp {
