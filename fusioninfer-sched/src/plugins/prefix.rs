@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, RwLock};
 
 use lru::LruCache;
@@ -405,31 +404,30 @@ impl PrefixIndex {
     }
 
     /// Records that `endpoint` now holds `hashes`, evicting its least recently used blocks
-    /// beyond `capacity`.
+    /// beyond `capacity`. The LRU grows as blocks arrive rather than reserving `capacity`
+    /// entries up front: a bounded `LruCache` allocates its whole table on first insert, which
+    /// cost ~1 MB per endpoint at the default 31,250 blocks whatever the traffic.
     fn add(&mut self, endpoint: SocketAddr, hashes: &[u64], capacity: usize) {
-        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        let capacity = capacity.max(1);
         let PrefixIndex {
             holders,
             per_endpoint,
         } = self;
         let cache = per_endpoint
             .entry(endpoint)
-            .or_insert_with(|| LruCache::with_hasher(capacity, BuildBlockHasher::default()));
-        if cache.cap() != capacity {
-            for (evicted, ()) in shrink(cache, capacity) {
-                remove_holder(holders, evicted, endpoint);
-            }
-        }
+            .or_insert_with(|| LruCache::unbounded_with_hasher(BuildBlockHasher::default()));
         let mut added = Vec::new();
         for &hash in hashes {
             if cache.get(&hash).is_some() {
                 continue; // refreshed
             }
-            if let Some((evicted, ())) = cache.push(hash, ()) {
-                remove_holder(holders, evicted, endpoint);
-            }
+            cache.push(hash, ());
             added.push(hash);
+            evict_beyond(cache, capacity, holders, endpoint);
         }
+        // Also applies a capacity lowered since the last call (e.g. from the endpoint's
+        // reported cache size).
+        evict_beyond(cache, capacity, holders, endpoint);
         // A block pushed and evicted again within this call (capacity below the prompt's
         // block count) never became a holder entry.
         for hash in added {
@@ -460,17 +458,18 @@ impl PrefixIndex {
     }
 }
 
-/// Resizes `cache`, returning the entries that no longer fit.
-fn shrink(
+/// Drops `cache`'s least recently used blocks until at most `capacity` remain.
+fn evict_beyond(
     cache: &mut LruCache<u64, (), BuildBlockHasher>,
-    capacity: NonZeroUsize,
-) -> Vec<(u64, ())> {
-    let mut evicted = Vec::new();
-    while cache.len() > capacity.get() {
-        evicted.extend(cache.pop_lru());
+    capacity: usize,
+    holders: &mut HashMap<u64, Vec<SocketAddr>, BuildBlockHasher>,
+    endpoint: SocketAddr,
+) {
+    while cache.len() > capacity {
+        if let Some((evicted, ())) = cache.pop_lru() {
+            remove_holder(holders, evicted, endpoint);
+        }
     }
-    cache.resize(capacity);
-    evicted
 }
 
 fn remove_holder(
