@@ -12,7 +12,7 @@ ENVOY := $(VENV)/bin/envoy
 # Where cargo puts binaries (scripts read CARGO_TARGET_DIR the same way).
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug
 
-.PHONY: demo test lint fmt-check clippy doc unit python-test bench bench-sched envoy update-golden
+.PHONY: demo test lint fmt-check clippy doc unit python-test bench bench-sched bench-epp envoy update-golden
 
 # The simulator and the endpoint picker first, then the CLI: built on their own they share
 # artifacts with the test suite's on-demand build of the same two packages.
@@ -64,6 +64,11 @@ bench: envoy
 	$(CARGO) build --quiet -p fusioninfer
 	$(BIN)/fusioninfer-load bench --out bench/results
 	$(PY) bench/chart.py bench/results/bench.json bench/results/bench.png
+
+# The endpoint picker's added latency, picks/s and memory (fusioninfer-epp/README.md).
+bench-epp: envoy
+	$(CARGO) build --release -p fusioninfer-epp-bin
+	$(CARGO) run --release -p fusioninfer-epp --example bench-epp
 
 # Criterion benchmarks of the scheduler (numbers are reported in crate READMEs, never asserted).
 bench-sched:
