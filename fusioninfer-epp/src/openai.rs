@@ -68,6 +68,7 @@ impl ApiError {
 pub fn error_type(status: u16) -> &'static str {
     match status {
         400 => "BadRequestError",
+        403 => "PermissionDeniedError",
         404 => "NotFoundError",
         413 => "RequestTooLargeError",
         429 => "RateLimitError",

@@ -145,7 +145,7 @@ impl RunningEpp {
                     client,
                     pool,
                     namespace,
-                    Arc::clone(&discovery),
+                    Arc::clone(&discovery) as Arc<dyn crate::source::EndpointSink>,
                 )));
             }
         }

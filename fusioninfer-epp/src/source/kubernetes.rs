@@ -20,7 +20,7 @@ use kube::runtime::{WatchStreamExt, reflector as reflect};
 use tokio::sync::watch as channel;
 
 use crate::endpoints::EndpointSpec;
-use crate::source::Discovery;
+use crate::source::EndpointSink;
 
 /// Whether a pod takes traffic: not being deleted, phase `Running`, condition `Ready` true,
 /// and a pod IP.
@@ -109,13 +109,14 @@ enum PoolState {
 }
 
 /// Follows the pool and its pods until the task is dropped, handing each new endpoint list to
-/// `discovery`. The picker stays unsynced (not ready) until the pool exists and the first pod
-/// list has arrived; a deleted pool empties the endpoint set.
+/// `discovery`. Nothing is handed over until the pool exists and the first pod list has
+/// arrived (the picker stays unsynced, not ready); a deleted pool calls
+/// [`EndpointSink::lost`].
 pub async fn watch(
     client: kube::Client,
     pool: String,
     namespace: String,
-    discovery: Arc<Discovery>,
+    discovery: Arc<dyn EndpointSink>,
 ) {
     let pools: Api<InferencePool> = Api::namespaced(client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(client, &namespace);
@@ -154,7 +155,7 @@ pub async fn watch(
         let state = state_rx.borrow_and_update().clone();
         match state {
             PoolState::Present(spec) => {
-                follow_pods(pods.clone(), spec, &mut state_rx, &discovery).await;
+                follow_pods(pods.clone(), spec, &mut state_rx, discovery.as_ref()).await;
                 if state_rx.has_changed().is_err() {
                     return;
                 }
@@ -187,7 +188,7 @@ async fn follow_pods(
     pods: Api<Pod>,
     mut spec: InferencePoolSpec,
     state_rx: &mut channel::Receiver<PoolState>,
-    discovery: &Discovery,
+    discovery: &dyn EndpointSink,
 ) {
     let selector = label_selector(&spec);
     tracing::info!(%selector, "watching pool pods");

@@ -15,6 +15,25 @@ use fusioninfer_sched::Scheduler;
 use crate::endpoints::{EndpointSpec, EndpointStore};
 use crate::scrape::Scraper;
 
+/// Where a source hands its lists: the picker's [`Discovery`], or another consumer of the same
+/// pool mapping (the prefill/decode sidecar's allowlist).
+pub trait EndpointSink: Send + Sync {
+    /// The source's current complete list.
+    fn update(&self, endpoints: Vec<EndpointSpec>);
+    /// The source lost its object (e.g. the InferencePool was deleted): no endpoints.
+    fn lost(&self);
+}
+
+impl EndpointSink for Discovery {
+    fn update(&self, endpoints: Vec<EndpointSpec>) {
+        Discovery::update(self, endpoints);
+    }
+
+    fn lost(&self) {
+        Discovery::lost(self);
+    }
+}
+
 /// Applies endpoint lists from a source.
 pub struct Discovery {
     store: Arc<EndpointStore>,

@@ -1,0 +1,82 @@
+//! `fusioninfer-pd-sidecar`: the decode-side proxy of prefill/decode disaggregation. It listens
+//! on the decode pod's serving port, forwards to the engine on an internal port, and runs the
+//! NIXL hand-off when the endpoint picker names a prefiller in `x-prefiller-host-port`.
+//!
+//! In a cluster the planner starts it with `--port 8000 --engine-port 8200 --metrics-port 9091
+//! --pool-name P --pool-namespace $(POD_NAMESPACE)`; locally `fusioninfer up` passes
+//! `--prefillers 127.0.0.1:8001,…`. Logs go to stderr (`RUST_LOG` filters, `--log-format json`);
+//! one line `listening proxy=… metrics=…` goes to stdout once the ports are bound. SIGTERM or
+//! Ctrl-C stop accepting and let requests in flight finish (up to `--shutdown-grace`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use fusioninfer_pd::{Options, RunningSidecar};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fusioninfer-pd-sidecar",
+    version,
+    about = "FusionInfer prefill/decode sidecar: runs the NIXL hand-off in front of a decode engine"
+)]
+struct Args {
+    #[command(flatten)]
+    options: Options,
+    /// How long requests in flight may take to finish after SIGTERM.
+    #[arg(long, default_value = "25s", value_parser = fusioninfer_epp::options::parse_duration)]
+    shutdown_grace: Duration,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let sidecar = match RunningSidecar::start(&args.options).await {
+        Ok(sidecar) => sidecar,
+        Err(error) => {
+            eprintln!("fusioninfer-pd-sidecar: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "listening proxy={} metrics={}",
+        sidecar.address, sidecar.metrics_address
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    sidecar.shutdown(args.shutdown_grace).await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
