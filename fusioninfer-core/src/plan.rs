@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use fusioninfer_api::epp_config::EndpointPickerConfig;
 use fusioninfer_api::inference_pool::{
     EndpointPickerRef, InferencePool, InferencePoolSpec, LabelSelector as PoolSelector, Port,
 };
@@ -18,9 +19,9 @@ use k8s_openapi::DeepMerge;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    GRPCAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    GRPCAction, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -56,17 +57,39 @@ pub const DEFAULT_EPP_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
+/// Prefill/decode sidecar image used when the caller does not choose one.
+pub const DEFAULT_PD_SIDECAR_IMAGE: &str = concat!(
+    "ghcr.io/fusioninfer/fusioninfer-pd-sidecar:v",
+    env!("CARGO_PKG_VERSION")
+);
+/// Name of the prefill/decode sidecar container on decode pods.
+pub const PD_SIDECAR_CONTAINER: &str = "pd-sidecar";
+/// Environment variable telling a decode pod's engine container the port to listen on (its
+/// command says `--port $(FUSIONINFER_ENGINE_PORT)`): the serving port is the sidecar's.
+pub const PD_ENGINE_PORT_ENV: &str = "FUSIONINFER_ENGINE_PORT";
+/// The decode engine's internal port (the next free one when the serving port is this).
+pub const PD_ENGINE_PORT: i32 = 8200;
+/// The sidecar's Prometheus metrics port (the next free one when taken).
+pub const PD_SIDECAR_METRICS_PORT: i32 = 9091;
+/// The scheduler plugin that names the prefiller in `x-prefiller-host-port`: a router whose
+/// configuration has it gets the sidecar on its decode pods.
+pub const PREFILL_HEADER_HANDLER: &str = "prefill-header-handler";
+
 /// Choices the caller makes that are not part of the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanOptions {
     /// Image of the endpoint picker container.
     pub epp_image: String,
+    /// Image of the prefill/decode sidecar container (decode pods of a
+    /// `pd-disaggregation` router).
+    pub pd_sidecar_image: String,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
             epp_image: DEFAULT_EPP_IMAGE.to_owned(),
+            pd_sidecar_image: DEFAULT_PD_SIDECAR_IMAGE.to_owned(),
         }
     }
 }
@@ -169,6 +192,8 @@ struct Planner<'a> {
     options: &'a PlanOptions,
     service: &'a str,
     volcano: bool,
+    /// The router names prefillers: decode pods get the sidecar.
+    pd: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -179,11 +204,18 @@ impl<'a> Planner<'a> {
             .as_ref()
             .and_then(|s| s.scheduler_name.as_deref())
             == Some(VOLCANO_SCHEDULER);
+        let pd = isvc
+            .spec
+            .roles
+            .iter()
+            .find(|r| r.component_type == ComponentType::Router)
+            .is_some_and(|router| names_prefillers(&router_config(router)));
         Planner {
             isvc,
             options,
             service: service_name(isvc),
             volcano,
+            pd,
         }
     }
 
@@ -263,6 +295,15 @@ impl<'a> Planner<'a> {
             spec.scheduler_name = Some(VOLCANO_SCHEDULER.to_owned());
         } else if let Some(name) = scheduling.and_then(|s| s.scheduler_name.clone()) {
             spec.scheduler_name = Some(name);
+        }
+        if self.pd && role.component_type == ComponentType::Decoder {
+            if serving {
+                self.add_pd_sidecar(role, spec);
+            } else if let Some(engine) = spec.containers.first_mut() {
+                // LWS workers share the leader's command: `$(FUSIONINFER_ENGINE_PORT)` must
+                // resolve there too.
+                set_engine_port(engine, pd_ports(serving_port(role)).0);
+            }
         }
         template
     }
@@ -363,34 +404,13 @@ impl<'a> Planner<'a> {
         let name = role_object_name(self.service, &role.name);
         let labels = role_labels(self.service, role);
         let pool = service_object_name(self.service);
-        let config = match &role.endpoint_picker_config {
-            Some(text) => text.clone(),
-            None => endpoint_picker_config(role.strategy.unwrap_or(RoutingStrategy::PrefixCache))
-                .to_owned(),
-        };
-        let mut objects = vec![
-            DesiredObject::ServiceAccount(ServiceAccount {
-                metadata: self.metadata(name.clone(), labels.clone()),
-                ..Default::default()
-            }),
-            DesiredObject::Role(RbacRole {
-                metadata: self.metadata(name.clone(), labels.clone()),
-                rules: Some(epp_rbac_rules()),
-            }),
-            DesiredObject::RoleBinding(RoleBinding {
-                metadata: self.metadata(name.clone(), labels.clone()),
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".to_owned()),
-                    kind: "Role".to_owned(),
-                    name: name.clone(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".to_owned(),
-                    name: name.clone(),
-                    namespace: self.isvc.metadata.namespace.clone(),
-                    ..Default::default()
-                }]),
-            }),
+        let config = router_config(role);
+        let mut objects = Vec::new();
+        if self.pd {
+            objects.extend(self.pd_sidecar_rbac());
+        }
+        objects.extend(self.pool_reader_rbac(&name, &labels, &[]));
+        objects.extend([
             DesiredObject::ConfigMap(ConfigMap {
                 metadata: self.metadata(name.clone(), labels.clone()),
                 data: Some(BTreeMap::from([(EPP_CONFIG_KEY.to_owned(), config)])),
@@ -399,11 +419,176 @@ impl<'a> Planner<'a> {
             DesiredObject::Deployment(self.epp_deployment(role, &name, &pool)),
             DesiredObject::Service(self.epp_service(role, &name)),
             DesiredObject::InferencePool(self.inference_pool(role, &name, &pool)),
-        ];
+        ]);
         if let Some(route) = self.http_route(role, &pool) {
             objects.push(DesiredObject::HttpRoute(route));
         }
         objects
+    }
+
+    /// A ServiceAccount `name`, a Role reading the pool ([`epp_rbac_rules`]) and a RoleBinding
+    /// of the Role to the account and to `other_accounts` (accounts a template names itself).
+    fn pool_reader_rbac(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        other_accounts: &[String],
+    ) -> [DesiredObject; 3] {
+        let subject = |account: &str| Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: account.to_owned(),
+            namespace: self.isvc.metadata.namespace.clone(),
+            ..Default::default()
+        };
+        let mut subjects = vec![subject(name)];
+        subjects.extend(other_accounts.iter().map(|a| subject(a)));
+        [
+            DesiredObject::ServiceAccount(ServiceAccount {
+                metadata: self.metadata(name.to_owned(), labels.clone()),
+                ..Default::default()
+            }),
+            DesiredObject::Role(RbacRole {
+                metadata: self.metadata(name.to_owned(), labels.clone()),
+                rules: Some(epp_rbac_rules()),
+            }),
+            DesiredObject::RoleBinding(RoleBinding {
+                metadata: self.metadata(name.to_owned(), labels.clone()),
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".to_owned()),
+                    kind: "Role".to_owned(),
+                    name: name.to_owned(),
+                },
+                subjects: Some(subjects),
+            }),
+        ]
+    }
+
+    /// The decode pods' sidecar reads the pool's prefill pods (its allowlist) with its own
+    /// account; decode templates that name an account of their own get it bound instead.
+    fn pd_sidecar_rbac(&self) -> [DesiredObject; 3] {
+        let mut own_accounts: Vec<String> = self
+            .serving_roles()
+            .filter(|r| r.component_type == ComponentType::Decoder)
+            .filter_map(|r| {
+                r.template
+                    .as_ref()?
+                    .spec
+                    .as_ref()?
+                    .service_account_name
+                    .clone()
+            })
+            .collect();
+        own_accounts.sort();
+        own_accounts.dedup();
+        self.pool_reader_rbac(
+            &pd_sidecar_account(self.service),
+            &service_labels(self.service),
+            &own_accounts,
+        )
+    }
+
+    /// Puts the sidecar on the serving port of a decode pod and moves the engine (the first
+    /// container) to an internal port, given to it in [`PD_ENGINE_PORT_ENV`].
+    fn add_pd_sidecar(&self, role: &Role, spec: &mut PodSpec) {
+        let serving = serving_port(role);
+        let (engine, metrics) = pd_ports(serving);
+        if spec.service_account_name.is_none() {
+            spec.service_account_name = Some(pd_sidecar_account(self.service));
+        }
+        if let Some(container) = spec.containers.first_mut() {
+            set_engine_port(container, engine);
+            // The pod's `http` port is the sidecar's now; the engine's is `engine`.
+            for port in container.ports.iter_mut().flatten() {
+                if port.name.as_deref() == Some("http") || port.container_port == serving {
+                    port.name = Some("engine".to_owned());
+                    port.container_port = engine;
+                }
+            }
+            // Probes of the serving port check the engine itself.
+            for probe in [
+                &mut container.liveness_probe,
+                &mut container.readiness_probe,
+                &mut container.startup_probe,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let ports = [
+                    probe.http_get.as_mut().map(|h| &mut h.port),
+                    probe.tcp_socket.as_mut().map(|t| &mut t.port),
+                ];
+                for port in ports.into_iter().flatten() {
+                    if *port == IntOrString::Int(serving)
+                        || *port == IntOrString::String("http".to_owned())
+                    {
+                        *port = IntOrString::Int(engine);
+                    }
+                }
+            }
+        }
+        spec.containers.retain(|c| c.name != PD_SIDECAR_CONTAINER);
+        spec.containers
+            .push(self.pd_sidecar_container(serving, engine, metrics));
+    }
+
+    fn pd_sidecar_container(&self, serving: i32, engine: i32, metrics: i32) -> Container {
+        let port = |name: &str, number: i32| ContainerPort {
+            name: Some(name.to_owned()),
+            container_port: number,
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        };
+        Container {
+            name: PD_SIDECAR_CONTAINER.to_owned(),
+            image: Some(self.options.pd_sidecar_image.clone()),
+            args: Some(
+                [
+                    "--port",
+                    &serving.to_string(),
+                    "--engine-port",
+                    &engine.to_string(),
+                    "--metrics-port",
+                    &metrics.to_string(),
+                    "--pool-name",
+                    &service_object_name(self.service),
+                    "--pool-namespace",
+                    "$(POD_NAMESPACE)",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
+            env: Some(vec![pod_namespace_env()]),
+            ports: Some(vec![port("http", serving), port("pd-metrics", metrics)]),
+            readiness_probe: Some(Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some("/metrics".to_owned()),
+                    port: IntOrString::Int(metrics),
+                    ..Default::default()
+                }),
+                period_seconds: Some(5),
+                ..Default::default()
+            }),
+            resources: Some(ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".to_owned(), Quantity("100m".to_owned())),
+                    ("memory".to_owned(), Quantity("64Mi".to_owned())),
+                ])),
+                limits: Some(BTreeMap::from([(
+                    "memory".to_owned(),
+                    Quantity("512Mi".to_owned()),
+                )])),
+                ..Default::default()
+            }),
+            // The pod's securityContext is the user's: the seccomp profile is set here.
+            security_context: Some(SecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_owned(),
+                    ..Default::default()
+                }),
+                ..restricted_security_context()
+            }),
+            ..Default::default()
+        }
     }
 
     fn epp_deployment(&self, role: &Role, name: &str, pool: &str) -> Deployment {
@@ -522,17 +707,7 @@ impl<'a> Planner<'a> {
                 .map(str::to_owned)
                 .to_vec(),
             ),
-            env: Some(vec![EnvVar {
-                name: "POD_NAMESPACE".to_owned(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.namespace".to_owned(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            env: Some(vec![pod_namespace_env()]),
             ports: Some(vec![
                 port("grpc", EPP_GRPC_PORT),
                 port("grpc-health", EPP_HEALTH_PORT),
@@ -551,16 +726,7 @@ impl<'a> Planner<'a> {
                 )])),
                 ..Default::default()
             }),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                run_as_non_root: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".to_owned()]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            security_context: Some(restricted_security_context()),
             volume_mounts: Some(vec![VolumeMount {
                 name: "config".to_owned(),
                 mount_path: EPP_CONFIG_DIR.to_owned(),
@@ -649,7 +815,91 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// What the endpoint picker may read: pods and InferencePools of its own namespace, read-only.
+/// Tells the engine container its port in [`PD_ENGINE_PORT_ENV`].
+fn set_engine_port(container: &mut Container, port: i32) {
+    let env = container.env.get_or_insert_with(Default::default);
+    env.retain(|e| e.name != PD_ENGINE_PORT_ENV);
+    env.push(EnvVar {
+        name: PD_ENGINE_PORT_ENV.to_owned(),
+        value: Some(port.to_string()),
+        ..Default::default()
+    });
+}
+
+/// `POD_NAMESPACE` from the downward API (`--pool-namespace $(POD_NAMESPACE)`).
+fn pod_namespace_env() -> EnvVar {
+    EnvVar {
+        name: "POD_NAMESPACE".to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.namespace".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// FusionInfer's own containers: non-root, no privilege escalation, no capabilities, read-only
+/// root filesystem, the runtime's default seccomp profile.
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The EndpointPickerConfig text of a router role: its own, or its strategy's.
+fn router_config(role: &Role) -> String {
+    match &role.endpoint_picker_config {
+        Some(text) => text.clone(),
+        None => {
+            endpoint_picker_config(role.strategy.unwrap_or(RoutingStrategy::PrefixCache)).to_owned()
+        }
+    }
+}
+
+/// Whether an EndpointPickerConfig names a prefiller per request (has a
+/// [`PREFILL_HEADER_HANDLER`]), so that decode pods need the prefill/decode sidecar.
+pub fn names_prefillers(config: &str) -> bool {
+    EndpointPickerConfig::parse(config).is_ok_and(|config| {
+        config
+            .plugins
+            .iter()
+            .any(|p| p.type_ == PREFILL_HEADER_HANDLER)
+    })
+}
+
+/// The ServiceAccount of the decode pods' sidecar (`{service}-pd-sidecar`).
+pub fn pd_sidecar_account(service: &str) -> String {
+    format!("{service}-pd-sidecar")
+}
+
+/// The decode engine's internal port and the sidecar's metrics port for a serving port: the
+/// defaults, moved past the serving port when it is one of them.
+pub fn pd_ports(serving: i32) -> (i32, i32) {
+    let engine = if serving == PD_ENGINE_PORT {
+        PD_ENGINE_PORT + 1
+    } else {
+        PD_ENGINE_PORT
+    };
+    let metrics = if serving == PD_SIDECAR_METRICS_PORT {
+        PD_SIDECAR_METRICS_PORT + 1
+    } else {
+        PD_SIDECAR_METRICS_PORT
+    };
+    (engine, metrics)
+}
+
+/// What the endpoint picker and the prefill/decode sidecar may read: pods and InferencePools of
+/// their own namespace, read-only.
 pub fn epp_rbac_rules() -> Vec<PolicyRule> {
     let read = || ["get", "list", "watch"].map(str::to_owned).to_vec();
     vec![

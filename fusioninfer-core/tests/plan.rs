@@ -537,6 +537,7 @@ fn config_map_holds_the_strategy_config_or_the_users_verbatim() {
 fn endpoint_picker_deployment_is_locked_down_and_probed() {
     let options = PlanOptions {
         epp_image: "registry.example/epp:test".to_owned(),
+        ..PlanOptions::default()
     };
     let isvc = service(vec![
         worker("w"),
@@ -838,4 +839,217 @@ fn invalid_specs_plan_nothing() {
     .unwrap_err();
     assert_eq!(errors.len(), 1);
     assert!(errors[0].message.contains("cannot be mixed"));
+}
+
+/// Prefill and decode on port `port` (the decoder's engine probed on `http`), behind a router
+/// with `router_extra`.
+fn pd_router(port: i64, decode_extra: Value, router_extra: Value) -> InferenceService {
+    let mut decode_template = serving_template(port, json!({}));
+    decode_template["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"path": "/health", "port": "http"}});
+    decode_template["spec"]["containers"][0]["livenessProbe"] =
+        json!({"tcpSocket": {"port": port}});
+    service(vec![
+        with(
+            prefiller("prefill"),
+            json!({"template": serving_template(port, json!({}))}),
+        ),
+        with(
+            with(decoder("decode"), json!({"template": decode_template})),
+            decode_extra,
+        ),
+        with(router("router"), router_extra),
+    ])
+}
+
+fn pod_spec(objects: &[Value], kind: &str, name: &str, pointer: &str) -> Value {
+    find(objects, kind, name).pointer(pointer).unwrap().clone()
+}
+
+#[test]
+fn pd_disaggregation_puts_the_sidecar_on_the_decode_pods_serving_port() {
+    let isvc = pd_router(8000, json!({}), json!({"strategy": "pd-disaggregation"}));
+    let objects = jsons(&isvc);
+    let decode = pod_spec(&objects, "StatefulSet", "llm-decode", "/spec/template/spec");
+    let containers = decode["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2);
+    let (engine, sidecar) = (&containers[0], &containers[1]);
+    // The engine moves to the internal port, told by the env var; its probes follow it.
+    assert_eq!(
+        engine["env"],
+        json!([{"name": "FUSIONINFER_ENGINE_PORT", "value": "8200"}])
+    );
+    assert_eq!(
+        engine["ports"],
+        json!([{"name": "metrics", "containerPort": 9400}, {"name": "engine", "containerPort": 8200}])
+    );
+    assert_eq!(engine["readinessProbe"]["httpGet"]["port"], 8200);
+    assert_eq!(engine["livenessProbe"]["tcpSocket"]["port"], 8200);
+    // The sidecar serves the pod's port, allowlisting the pool's prefillers.
+    assert_eq!(sidecar["name"], "pd-sidecar");
+    assert_eq!(
+        sidecar["image"],
+        format!(
+            "ghcr.io/fusioninfer/fusioninfer-pd-sidecar:v{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert_eq!(
+        sidecar["args"],
+        json!([
+            "--port",
+            "8000",
+            "--engine-port",
+            "8200",
+            "--metrics-port",
+            "9091",
+            "--pool-name",
+            "llm",
+            "--pool-namespace",
+            "$(POD_NAMESPACE)"
+        ])
+    );
+    assert_eq!(
+        sidecar["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(
+        sidecar["ports"],
+        json!([{"name": "http", "containerPort": 8000, "protocol": "TCP"},
+               {"name": "pd-metrics", "containerPort": 9091, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        sidecar["securityContext"],
+        json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+               "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]},
+               "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert_eq!(decode["serviceAccountName"], "llm-pd-sidecar");
+    // Prefill pods, the pool and the decoders' Service keep the serving port.
+    let prefill = pod_spec(
+        &objects,
+        "StatefulSet",
+        "llm-prefill",
+        "/spec/template/spec",
+    );
+    assert_eq!(prefill["containers"].as_array().unwrap().len(), 1);
+    assert!(prefill["containers"][0].get("env").is_none());
+    assert!(prefill.get("serviceAccountName").is_none());
+    assert_eq!(
+        find(&objects, "InferencePool", "llm")["spec"]["targetPorts"],
+        json!([{"number": 8000}])
+    );
+    assert_eq!(
+        find(&objects, "Service", "llm-decode")["spec"]["ports"][0]["port"],
+        8000
+    );
+    // Its account may read pods and pools, nothing else, like the endpoint picker's.
+    let role = find(&objects, "Role", "llm-pd-sidecar");
+    assert_eq!(role["rules"], find(&objects, "Role", "llm-router")["rules"]);
+    let binding = find(&objects, "RoleBinding", "llm-pd-sidecar");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "llm-pd-sidecar", "namespace": "default"}])
+    );
+    assert_eq!(binding["roleRef"]["name"], "llm-pd-sidecar");
+    let names = kinds_and_names(&isvc);
+    let sidecar_account = names
+        .iter()
+        .position(|(k, n)| k == "ServiceAccount" && n == "llm-pd-sidecar")
+        .unwrap();
+    let epp_account = names
+        .iter()
+        .position(|(k, n)| k == "ServiceAccount" && n == "llm-router")
+        .unwrap();
+    assert!(sidecar_account < epp_account, "{names:?}");
+}
+
+#[test]
+fn without_a_prefill_naming_router_decoders_get_no_sidecar() {
+    for router_extra in [json!({}), json!({"strategy": "queue-size"})] {
+        let objects = jsons(&pd_router(8000, json!({}), router_extra));
+        let decode = pod_spec(&objects, "StatefulSet", "llm-decode", "/spec/template/spec");
+        assert_eq!(decode["containers"].as_array().unwrap().len(), 1);
+        assert!(
+            !objects
+                .iter()
+                .any(|o| o["metadata"]["name"] == "llm-pd-sidecar")
+        );
+    }
+    // A hand-written configuration that names prefillers gets it, like the strategy.
+    let own = endpoint_picker_config(RoutingStrategy::PdDisaggregation);
+    let objects = jsons(&pd_router(
+        8000,
+        json!({}),
+        json!({"endpointPickerConfig": own}),
+    ));
+    let decode = pod_spec(&objects, "StatefulSet", "llm-decode", "/spec/template/spec");
+    assert_eq!(decode["containers"][1]["name"], "pd-sidecar");
+}
+
+#[test]
+fn the_sidecar_respects_the_users_account_ports_and_image() {
+    let mut decode_extra = json!({"template": serving_template(8200, json!({}))});
+    decode_extra["template"]["spec"]["serviceAccountName"] = json!("my-engine");
+    let isvc = pd_router(8200, decode_extra, json!({"strategy": "pd-disaggregation"}));
+    let options = PlanOptions {
+        pd_sidecar_image: "registry.example/pd:test".to_owned(),
+        ..PlanOptions::default()
+    };
+    let objects: Vec<Value> = plan(&isvc, &options)
+        .unwrap()
+        .iter()
+        .map(DesiredObject::to_json)
+        .collect();
+    let decode = pod_spec(&objects, "StatefulSet", "llm-decode", "/spec/template/spec");
+    assert_eq!(
+        decode["serviceAccountName"], "my-engine",
+        "the user's account is kept"
+    );
+    let sidecar = &decode["containers"][1];
+    assert_eq!(sidecar["image"], "registry.example/pd:test");
+    // Serving on 8200: the engine moves to the next port.
+    assert_eq!(
+        sidecar["args"].as_array().unwrap()[..4],
+        [
+            json!("--port"),
+            json!("8200"),
+            json!("--engine-port"),
+            json!("8201")
+        ]
+    );
+    assert_eq!(decode["containers"][0]["env"][0]["value"], "8201");
+    let subjects = &find(&objects, "RoleBinding", "llm-pd-sidecar")["subjects"];
+    assert_eq!(
+        subjects[1]["name"], "my-engine",
+        "and bound to the Role: {subjects}"
+    );
+}
+
+#[test]
+fn multi_node_decoders_get_the_sidecar_on_the_leader_only() {
+    let isvc = pd_router(
+        8000,
+        json!({"multinode": {"nodeCount": 2}}),
+        json!({"strategy": "pd-disaggregation"}),
+    );
+    let objects = jsons(&isvc);
+    let template = |which: &str| {
+        pod_spec(
+            &objects,
+            "LeaderWorkerSet",
+            "llm-decode",
+            &format!("/spec/leaderWorkerTemplate/{which}/spec"),
+        )
+    };
+    let leader = template("leaderTemplate");
+    assert_eq!(leader["containers"][1]["name"], "pd-sidecar");
+    let worker = template("workerTemplate");
+    assert_eq!(worker["containers"].as_array().unwrap().len(), 1);
+    // Workers run the leader's command, which names the engine port.
+    assert_eq!(
+        worker["containers"][0]["env"],
+        json!([{"name": "FUSIONINFER_ENGINE_PORT", "value": "8200"}])
+    );
+    assert!(worker.get("serviceAccountName").is_none());
 }

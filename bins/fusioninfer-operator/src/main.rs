@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use fusioninfer_core::plan::DEFAULT_EPP_IMAGE;
+use fusioninfer_core::plan::{DEFAULT_EPP_IMAGE, DEFAULT_PD_SIDECAR_IMAGE};
 use fusioninfer_operator::run::{Settings, run};
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +26,9 @@ struct Args {
     /// Endpoint-picker image of router roles.
     #[arg(long, default_value = DEFAULT_EPP_IMAGE)]
     epp_image: String,
+    /// Prefill/decode sidecar image of decode pods behind a `pd-disaggregation` router.
+    #[arg(long, default_value = DEFAULT_PD_SIDECAR_IMAGE)]
+    pd_sidecar_image: String,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_bind_address: SocketAddr,
@@ -78,6 +81,7 @@ async fn main() -> ExitCode {
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let settings = Settings {
         epp_image: args.epp_image,
+        pd_sidecar_image: args.pd_sidecar_image,
         bind: args.metrics_bind_address,
         lease_namespace,
         lease_name: args.lease_name,
@@ -88,6 +92,7 @@ async fn main() -> ExitCode {
     };
     tracing::info!(
         epp_image = %settings.epp_image,
+        pd_sidecar_image = %settings.pd_sidecar_image,
         identity = %settings.identity,
         "starting fusioninfer-operator {}",
         env!("CARGO_PKG_VERSION")

@@ -35,6 +35,8 @@ use crate::server::{ServerState, serve};
 pub struct Settings {
     /// Endpoint-picker image put into router Deployments.
     pub epp_image: String,
+    /// Prefill/decode sidecar image put into decode pods of `pd-disaggregation` services.
+    pub pd_sidecar_image: String,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub bind: SocketAddr,
     /// Namespace of the leader-election Lease.
@@ -145,6 +147,7 @@ async fn lead(
             client.clone(),
             PlanOptions {
                 epp_image: settings.epp_image.clone(),
+                pd_sidecar_image: settings.pd_sidecar_image.clone(),
             },
             installed,
             metrics.clone(),

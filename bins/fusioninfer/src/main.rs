@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use fusioninfer_cli::local::UpArgs;
 use fusioninfer_core::manifest::{parse_inference_services, to_yaml_stream};
-use fusioninfer_core::plan::{DEFAULT_EPP_IMAGE, PlanOptions, plan};
+use fusioninfer_core::plan::{DEFAULT_EPP_IMAGE, DEFAULT_PD_SIDECAR_IMAGE, PlanOptions, plan};
 use fusioninfer_core::validate::validate;
 
 #[derive(Parser)]
@@ -35,6 +35,10 @@ enum Command {
         /// Image of the endpoint picker (router role).
         #[arg(long, default_value = DEFAULT_EPP_IMAGE)]
         epp_image: String,
+        /// Image of the prefill/decode sidecar (decode pods behind a `pd-disaggregation`
+        /// router).
+        #[arg(long, default_value = DEFAULT_PD_SIDECAR_IMAGE)]
+        pd_sidecar_image: String,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
@@ -77,9 +81,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Render {
             file,
             epp_image,
+            pd_sidecar_image,
             output,
         } => {
-            let options = PlanOptions { epp_image };
+            let options = PlanOptions {
+                epp_image,
+                pd_sidecar_image,
+            };
             let mut objects = Vec::new();
             for isvc in parse_inference_services(&read(&file)?)
                 .map_err(|e| format!("{}: {e}", file.display()))?

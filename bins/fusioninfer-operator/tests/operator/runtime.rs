@@ -339,6 +339,7 @@ fn process_api(leases: Client) -> Client {
 fn settings(identity: &str) -> fusioninfer_operator::run::Settings {
     fusioninfer_operator::run::Settings {
         epp_image: "epp:test".into(),
+        pd_sidecar_image: "pd-sidecar:test".into(),
         bind: "127.0.0.1:0".parse().unwrap(),
         lease_namespace: "ops".into(),
         lease_name: "fusioninfer-operator".into(),
