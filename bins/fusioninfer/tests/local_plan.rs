@@ -144,13 +144,48 @@ fn disaggregated_roles_get_their_component_types_and_the_pd_config() {
             (8001, "prefiller"),
             (8002, "prefiller"),
             (8003, "decoder"),
-            (8004, "decoder")
+            (8006, "decoder")
         ]
     );
     assert_eq!(
         plan.router.config,
         endpoint_picker_config(RoutingStrategy::PdDisaggregation)
     );
+    // Each decoder: the sidecar where the picker routes, the simulator behind it, the
+    // sidecar's metrics; every prefiller allowed.
+    let prefillers: Vec<SocketAddr> = vec![addr("127.0.0.1:8001"), addr("127.0.0.1:8002")];
+    for (backend, engine) in plan.roles[1].backends.iter().zip([8004, 8007]) {
+        let sidecar = backend.sidecar.as_ref().expect("decoders get a sidecar");
+        assert_eq!(sidecar.engine, addr(&format!("127.0.0.1:{engine}")));
+        assert_eq!(sidecar.metrics, addr(&format!("127.0.0.1:{}", engine + 1)));
+        assert_eq!(sidecar.prefillers, prefillers);
+        let Some(Launch::Simulator(args)) = &backend.launch else {
+            panic!("{:?}", backend.launch)
+        };
+        let port = args.iter().position(|a| a == "--port").unwrap();
+        assert_eq!(
+            args[port + 1],
+            engine.to_string(),
+            "the simulator sits behind"
+        );
+        let sidecar_args = sidecar.args(backend.address).join(" ");
+        assert!(
+            sidecar_args.contains(&format!(
+                "--port {} --engine-host 127.0.0.1 --engine-port {engine}",
+                backend.address.port()
+            )),
+            "{sidecar_args}"
+        );
+        assert!(
+            sidecar_args.contains("--prefillers 127.0.0.1:8001,127.0.0.1:8002"),
+            "{sidecar_args}"
+        );
+    }
+    assert!(plan.roles[0].backends.iter().all(|b| b.sidecar.is_none()));
+    let ports: Vec<u16> = plan.ports_to_bind().iter().map(|p| p.port).collect();
+    for port in 8001..=8008 {
+        assert!(ports.contains(&port), "{port} is bound by the plan");
+    }
     assert_eq!(plan.model(), "meta-llama/Llama-3.1-8B-Instruct");
 }
 

@@ -3,9 +3,10 @@
 //! no process left behind; and the messages for a taken port and a missing Envoy.
 //!
 //! Envoy comes from PATH or `./.venv/bin/envoy` (`make envoy`); without it the end-to-end tests
-//! are skipped with a loud message, and fail under `CI=true`. The simulator and the endpoint
-//! picker are built on demand (`cargo build -p fusioninfer-sim-bin -p fusioninfer-epp-bin`
-//! into this test's target directory).
+//! are skipped with a loud message, and fail under `CI=true`. The simulator, the endpoint
+//! picker and the prefill/decode sidecar are built on demand (`cargo build -p
+//! fusioninfer-sim-bin -p fusioninfer-epp-bin -p fusioninfer-pd-sidecar` into this test's target
+//! directory).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -24,9 +25,10 @@ fn root() -> PathBuf {
         .unwrap()
 }
 
-/// The simulator and the endpoint picker, built once per test binary.
-fn helper_binaries() -> (PathBuf, PathBuf) {
-    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+/// The simulator, the endpoint picker and the prefill/decode sidecar, built once per test
+/// binary.
+fn helper_binaries() -> (PathBuf, PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             // target/<profile>/deps/up-… → target/<profile>
@@ -49,6 +51,8 @@ fn helper_binaries() -> (PathBuf, PathBuf) {
                     "fusioninfer-sim-bin",
                     "-p",
                     "fusioninfer-epp-bin",
+                    "-p",
+                    "fusioninfer-pd-sidecar",
                 ])
                 .arg("--target-dir")
                 .arg(&target_dir);
@@ -64,11 +68,12 @@ fn helper_binaries() -> (PathBuf, PathBuf) {
             let status = command.status().expect("running cargo build");
             assert!(
                 status.success(),
-                "building the simulator and the endpoint picker failed"
+                "building the simulator, the endpoint picker and the sidecar failed"
             );
             (
                 profile_dir.join("fusioninfer-sim"),
                 profile_dir.join("fusioninfer-epp"),
+                profile_dir.join("fusioninfer-pd-sidecar"),
             )
         })
         .clone()
@@ -188,7 +193,7 @@ impl Up {
     }
 
     fn start_spec(envoy: &Path, spec_text: &str) -> Up {
-        let (sim, epp) = helper_binaries();
+        let (sim, epp, pd_sidecar) = helper_binaries();
         let dir = std::env::temp_dir().join(format!(
             "fusioninfer-up-test-{}-{}",
             std::process::id(),
@@ -197,8 +202,8 @@ impl Up {
         std::fs::create_dir_all(&dir).unwrap();
         let spec = dir.join("spec.yaml");
         std::fs::write(&spec, spec_text).unwrap();
-        // gateway, admin, epp grpc (+1 health), metrics, two servers: consecutive runs for the
-        // pairs that must be consecutive.
+        // gateway, admin, epp grpc (+1 health), metrics, then the model servers (and sidecars):
+        // consecutive runs for the ports that must be consecutive.
         let ports = consecutive_free_ports();
         let (gateway, admin, epp_port, metrics, backends) =
             (ports[0], ports[1], ports[2], ports[4], ports[5]);
@@ -217,6 +222,8 @@ impl Up {
             .arg(&epp)
             .arg("--envoy")
             .arg(envoy)
+            .arg("--pd-sidecar")
+            .arg(&pd_sidecar)
             .arg("--run-dir")
             .arg(dir.join("run"))
             .stdout(Stdio::piped())
@@ -242,7 +249,7 @@ impl Up {
             lines,
             seen: Vec::new(),
             gateway,
-            ports: ports[..7].to_vec(),
+            ports: ports.clone(),
             _dir: TempDir(dir),
         };
         up.wait_for("OpenAI base URL", Duration::from_secs(90));
@@ -327,8 +334,9 @@ impl Drop for Up {
     }
 }
 
-/// Seven free ports where ports[2] and ports[3] (picker gRPC and health) and ports[5] and
-/// ports[6] (the two servers) are consecutive.
+/// Nine consecutive free ports: gateway, admin, picker gRPC and health, picker metrics, then
+/// the model servers from ports[5] (two workers; or a prefiller and a decoder's sidecar,
+/// simulator and sidecar metrics).
 fn consecutive_free_ports() -> Vec<u16> {
     for _ in 0..200 {
         let candidates = free_ports(1);
@@ -336,7 +344,7 @@ fn consecutive_free_ports() -> Vec<u16> {
         if base > 60000 {
             continue;
         }
-        let run: Vec<u16> = (base..base + 7).collect();
+        let run: Vec<u16> = (base..base + 9).collect();
         let bound: Vec<TcpListener> = run
             .iter()
             .filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
@@ -345,7 +353,7 @@ fn consecutive_free_ports() -> Vec<u16> {
             return run;
         }
     }
-    panic!("no run of 7 free ports");
+    panic!("no run of 9 free ports");
 }
 
 fn alive(pid: u32) -> bool {
@@ -474,49 +482,173 @@ fn sigint_stops_everything_and_sigkill_of_up_takes_the_children_along() {
     assert!(left.is_empty(), "orphans after kill -9 of up: {left:?}");
 }
 
+/// A sample of a Prometheus text; the series must be there.
+fn sample(text: &str, series: &str) -> f64 {
+    find_sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// A counter of the sidecar's, whose labelled series appear on first use (0 when absent).
+fn count(text: &str, series: &str) -> f64 {
+    find_sample(text, series).unwrap_or(0.0)
+}
+
+fn find_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .filter(|rest| rest.starts_with(' '))
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+/// Envoy → endpoint picker → sidecar → simulated prefiller, then the simulated decoder: the
+/// picker adds a prefiller only when the uncached prompt reaches 128 tokens, the sidecar hands
+/// off, the decoder answers with the client's usage, a failing prefiller falls back to a local
+/// prefill, and a prefill target outside the pool is refused.
 #[test]
-fn a_prefill_decode_spec_sends_requests_to_the_decoder() {
+fn a_prefill_decode_spec_hands_long_prompts_to_the_prefiller_through_the_sidecar() {
     let Some(envoy) = envoy() else { return };
     let _serial = serial();
     let mut up = Up::start_spec(&envoy, PD_SPEC);
-    assert!(
-        up.seen
-            .iter()
-            .any(|l| l.contains("prefill 1/1 · decode 1/1")),
-        "{}",
-        up.seen.join("\n")
-    );
-    assert!(
-        up.seen
-            .iter()
-            .any(|l| l.contains("strategy pd-disaggregation"))
-    );
+    let all = up.seen.join("\n");
+    assert!(all.contains("prefill 1/1 · decode 1/1"), "{all}");
+    assert!(all.contains("strategy pd-disaggregation"), "{all}");
+    assert!(all.contains("1 × pd sidecar"), "{all}");
+    // ports[5]: the prefiller; ports[6]: the decoder's sidecar; [7]: the decoder; [8]: metrics.
+    let at =
+        |i: usize| load::LoopbackUrl::parse(&format!("http://127.0.0.1:{}", up.ports[i])).unwrap();
+    let (prefill, sidecar, decode, sidecar_metrics) = (at(5), at(6), at(7), at(8));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let metrics = |url: &load::LoopbackUrl| {
+        let response = rt
+            .block_on(load::http::request("GET", url, "/metrics", None))
+            .unwrap();
+        String::from_utf8(rt.block_on(response.bytes()).unwrap()).unwrap()
+    };
+    let prompt_series = "vllm:prompt_tokens_total{engine=\"0\",model_name=\"test/tiny\"}";
+    let external_series =
+        "vllm:external_prefix_cache_hits_total{engine=\"0\",model_name=\"test/tiny\"}";
     let base = load::LoopbackUrl::parse(&up.base_url()).unwrap();
+    let send = |i: usize, job: &Job| rt.block_on(load::send(&base, "test/tiny", i, job));
+
+    // Short prompt: under the threshold, the decoder prefills itself.
+    let short = Job {
+        system: "Be brief.".to_owned(),
+        ..job(0, "hi", Api::Chat, false)
+    };
+    let outcome = send(0, &short);
+    assert!(outcome.ok(), "{outcome:?}");
+    assert_eq!(outcome.server.as_deref(), Some("up-pd-decode-0"));
+    assert!(outcome.prompt_tokens < 128, "{outcome:?}");
+    assert_eq!(sample(&metrics(&prefill), prompt_series), 0.0, "no prefill");
+
+    // Long prompts, streamed or not: the prefiller prefills, the decoder pulls the KV.
     for (i, stream) in [false, true].into_iter().enumerate() {
-        let outcome = rt.block_on(load::send(
-            &base,
-            "test/tiny",
-            i,
-            &job(
-                0,
-                "a long enough prompt for a remote prefill",
-                Api::Chat,
-                stream,
-            ),
-        ));
+        let before = (metrics(&prefill), metrics(&decode));
+        let long = job(
+            1 + i,
+            "a long enough prompt for a remote prefill",
+            Api::Chat,
+            stream,
+        );
+        let outcome = send(1 + i, &long);
         assert!(outcome.ok(), "{outcome:?}");
         assert_eq!(
             outcome.server.as_deref(),
             Some("up-pd-decode-0"),
             "{outcome:?}"
         );
+        assert!(outcome.prompt_tokens >= 128, "{outcome:?}");
+        assert_eq!(
+            outcome.completion_tokens, long.max_tokens as u64,
+            "{outcome:?}"
+        );
+        assert!(
+            outcome.cached_tokens > 0,
+            "transferred tokens count as cached: {outcome:?}"
+        );
+        let after = (metrics(&prefill), metrics(&decode));
+        assert_eq!(
+            sample(&after.0, prompt_series) - sample(&before.0, prompt_series),
+            outcome.prompt_tokens as f64,
+            "the prefiller prefilled the whole prompt"
+        );
+        assert!(
+            sample(&after.1, external_series) > sample(&before.1, external_series),
+            "the decoder pulled remote KV"
+        );
     }
+    let own = metrics(&sidecar_metrics);
+    assert_eq!(
+        count(
+            &own,
+            "fusioninfer_pd_prefill_requests_total{outcome=\"ok\"}"
+        ),
+        2.0,
+        "{own}"
+    );
+
+    // A failing prefiller: the decoder prefills itself, and the fallback is counted.
+    let faults = serde_json::json!({"fail_rate": 1.0, "fail_status": 503});
+    let response = rt
+        .block_on(load::http::request(
+            "POST",
+            &prefill,
+            "/admin/faults",
+            Some(&faults),
+        ))
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let outcome = send(3, &job(3, "another long prompt", Api::Chat, true));
+    assert!(outcome.ok(), "{outcome:?}");
+    assert_eq!(outcome.server.as_deref(), Some("up-pd-decode-0"));
+    let own = metrics(&sidecar_metrics);
+    assert_eq!(
+        count(
+            &own,
+            "fusioninfer_pd_fallbacks_total{reason=\"server_error\"}"
+        ),
+        1.0,
+        "{own}"
+    );
+
+    // A prefill target outside the pool (the decoder itself), sent to the sidecar directly.
+    let body = serde_json::json!({"model": "test/tiny", "prompt": "hello"});
+    let refused = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(sidecar.address)
+            .await
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::post("/v1/completions")
+            .header("host", sidecar.authority.as_str())
+            .header("content-type", "application/json")
+            .header("x-prefiller-host-port", decode.address.to_string())
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        sender
+            .send_request(request)
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(refused, 403);
+
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        up.seen.iter().any(|l| l.contains("stopped 5 processes")),
+        "{}",
+        up.seen.join("\n")
+    );
 }
 
 #[test]

@@ -150,6 +150,7 @@ fn main() -> ExitCode {
                 simulator,
                 epp,
                 envoy,
+                pd_sidecar: None,
             },
         }),
     };

@@ -5,7 +5,9 @@
 //! already run — then the endpoint picker `fusioninfer-epp` with the router role's strategy or
 //! EndpointPickerConfig (the text the planner puts in its ConfigMap) and a static endpoints file
 //! carrying the labels the planner gives the role's pods, then Envoy in front with the picker as
-//! its ext_proc filter. Everything binds 127.0.0.1.
+//! its ext_proc filter. Everything binds 127.0.0.1. When the router names prefillers
+//! (`pd-disaggregation`), each decoder gets a `fusioninfer-pd-sidecar` in front of it, as the
+//! planner gives decode pods one, with the prefillers' addresses as its allowlist.
 //!
 //! * [`plan`]: what will run (pure, unit-tested): [`LocalPlan::new`];
 //! * [`envoy`]: Envoy's bootstrap configuration;
@@ -35,7 +37,7 @@ pub mod up;
 
 pub use plan::{
     Backend, BackendSource, Launch, LocalOptions, LocalPlan, PlanErrors, Ports, RolePlan,
-    SchedulerOverride,
+    SchedulerOverride, SidecarPlan,
 };
 pub use stack::{GatewayState, Readiness, RunDir, Stack, ToolPaths, Tools, UpError};
 pub use up::UpArgs;

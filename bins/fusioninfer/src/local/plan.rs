@@ -14,7 +14,7 @@ use std::path::Path;
 
 use fusioninfer_api::{ComponentType, FailureMode, InferenceService, Role, RoutingStrategy};
 use fusioninfer_core::names::{role_object_name, service_name};
-use fusioninfer_core::plan::{EPP_CONFIG_KEY, PlanOptions, plan};
+use fusioninfer_core::plan::{EPP_CONFIG_KEY, PlanOptions, names_prefillers, plan};
 use fusioninfer_core::strategy::endpoint_picker_config;
 use serde_json::Value;
 
@@ -154,6 +154,51 @@ pub struct Backend {
     pub labels: BTreeMap<String, String>,
     /// How to start it; `None` for an external server.
     pub launch: Option<Launch>,
+    /// The prefill/decode sidecar in front of it (decoders behind a router that names
+    /// prefillers): it listens on `address`, the server on [`SidecarPlan::engine`].
+    pub sidecar: Option<SidecarPlan>,
+}
+
+impl Backend {
+    /// Where the model server itself listens (behind its sidecar, if any).
+    pub fn engine_address(&self) -> SocketAddr {
+        self.sidecar.as_ref().map_or(self.address, |s| s.engine)
+    }
+}
+
+/// A `fusioninfer-pd-sidecar` in front of a decoder, as the planner puts one on decode pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarPlan {
+    /// The decoder behind it.
+    pub engine: SocketAddr,
+    /// Its Prometheus metrics.
+    pub metrics: SocketAddr,
+    /// The static allowlist: every prefiller of the plan.
+    pub prefillers: Vec<SocketAddr>,
+}
+
+impl SidecarPlan {
+    /// The sidecar's command line when it listens on `listen`.
+    pub fn args(&self, listen: SocketAddr) -> Vec<String> {
+        let prefillers: Vec<String> = self.prefillers.iter().map(|a| a.to_string()).collect();
+        vec![
+            "--bind-address".to_owned(),
+            listen.ip().to_string(),
+            "--port".to_owned(),
+            listen.port().to_string(),
+            "--engine-host".to_owned(),
+            self.engine.ip().to_string(),
+            "--engine-port".to_owned(),
+            self.engine.port().to_string(),
+            "--metrics-port".to_owned(),
+            self.metrics.port().to_string(),
+            "--prefillers".to_owned(),
+            prefillers.join(","),
+            // Local mode stops children with SIGTERM and SIGKILL after 5 s.
+            "--shutdown-grace".to_owned(),
+            "3s".to_owned(),
+        ]
+    }
 }
 
 /// How a model server process is started.
@@ -253,6 +298,41 @@ impl LocalPlan {
             }
         }
 
+        let router_role = isvc
+            .spec
+            .roles
+            .iter()
+            .find(|r| r.component_type == ComponentType::Router);
+        let (describe, config) = match &options.scheduler {
+            Some(SchedulerOverride::Strategy(s)) => (
+                format!("strategy {} (--strategy)", s.as_str()),
+                endpoint_picker_config(*s).to_owned(),
+            ),
+            Some(SchedulerOverride::Config { name, text }) => (name.clone(), text.clone()),
+            None => match router_role {
+                Some(role) => {
+                    let text = planned_epp_config(&objects).unwrap_or_else(|| {
+                        endpoint_picker_config(role.strategy.unwrap_or_default()).to_owned()
+                    });
+                    let describe = if role.endpoint_picker_config.is_some() {
+                        format!("endpointPickerConfig of role {}", role.name)
+                    } else {
+                        format!("strategy {}", role.strategy.unwrap_or_default().as_str())
+                    };
+                    (describe, text)
+                }
+                None => (
+                    format!(
+                        "strategy {} (no router role; the default)",
+                        RoutingStrategy::default().as_str()
+                    ),
+                    endpoint_picker_config(RoutingStrategy::default()).to_owned(),
+                ),
+            },
+        };
+        // The planner's rule: a router that names prefillers gets a sidecar on each decoder.
+        let pd = names_prefillers(&config);
+
         let mut next_port = u32::from(options.ports.first_backend);
         let mut roles = Vec::new();
         for role in &serving {
@@ -328,6 +408,7 @@ impl LocalPlan {
                             address,
                             labels: labels.clone(),
                             launch: None,
+                            sidecar: None,
                         });
                     }
                     if backends.is_empty() {
@@ -335,20 +416,33 @@ impl LocalPlan {
                     }
                 }
                 BackendSource::Simulator | BackendSource::Command(_) => {
+                    // A decoder with a sidecar takes three ports: the sidecar (the address the
+                    // picker routes to), the server behind it, the sidecar's metrics.
+                    let with_sidecar = pd && role.component_type == ComponentType::Decoder;
+                    let width = if with_sidecar { 3 } else { 1 };
                     for i in 0..role.replicas.max(0) {
-                        let Ok(port) = u16::try_from(next_port) else {
+                        let (Ok(port), Ok(_)) = (
+                            u16::try_from(next_port),
+                            u16::try_from(next_port + width - 1),
+                        ) else {
                             errors.push(format!(
                                 "role {}: ports from {} run past 65535",
                                 role.name, options.ports.first_backend
                             ));
                             break;
                         };
-                        next_port += 1;
+                        next_port += width;
+                        let sidecar = with_sidecar.then(|| SidecarPlan {
+                            engine: SocketAddr::new(LOOPBACK, port + 1),
+                            metrics: SocketAddr::new(LOOPBACK, port + 2),
+                            prefillers: Vec::new(),
+                        });
+                        let engine_port = sidecar.as_ref().map_or(port, |s| s.engine.port());
                         let name = format!("{base_name}-{i}");
                         let launch = match &source {
                             BackendSource::Command(command) => Launch::Shell(
                                 command
-                                    .replace("{port}", &port.to_string())
+                                    .replace("{port}", &engine_port.to_string())
                                     .replace("{replica}", &i.to_string())
                                     .replace("{model}", &model)
                                     .replace("{name}", &name),
@@ -358,7 +452,7 @@ impl LocalPlan {
                                     "--host".to_owned(),
                                     LOOPBACK.to_string(),
                                     "--port".to_owned(),
-                                    port.to_string(),
+                                    engine_port.to_string(),
                                     "--model".to_owned(),
                                     model.clone(),
                                     "--instance".to_owned(),
@@ -374,6 +468,7 @@ impl LocalPlan {
                             address: SocketAddr::new(LOOPBACK, port),
                             labels: labels.clone(),
                             launch: Some(launch),
+                            sidecar,
                         });
                     }
                 }
@@ -386,42 +481,22 @@ impl LocalPlan {
                 backends,
             });
         }
+        let prefillers: Vec<SocketAddr> = roles
+            .iter()
+            .filter(|r| r.component_type == ComponentType::Prefiller)
+            .flat_map(|r| r.backends.iter().map(|b| b.address))
+            .collect();
+        for sidecar in roles
+            .iter_mut()
+            .flat_map(|r| r.backends.iter_mut())
+            .filter_map(|b| b.sidecar.as_mut())
+        {
+            sidecar.prefillers = prefillers.clone();
+        }
         if roles.iter().all(|r| r.backends.is_empty()) {
             errors.push("no model server to run: every serving role has 0 replicas".to_owned());
         }
 
-        let router_role = isvc
-            .spec
-            .roles
-            .iter()
-            .find(|r| r.component_type == ComponentType::Router);
-        let (describe, config) = match &options.scheduler {
-            Some(SchedulerOverride::Strategy(s)) => (
-                format!("strategy {} (--strategy)", s.as_str()),
-                endpoint_picker_config(*s).to_owned(),
-            ),
-            Some(SchedulerOverride::Config { name, text }) => (name.clone(), text.clone()),
-            None => match router_role {
-                Some(role) => {
-                    let text = planned_epp_config(&objects).unwrap_or_else(|| {
-                        endpoint_picker_config(role.strategy.unwrap_or_default()).to_owned()
-                    });
-                    let describe = if role.endpoint_picker_config.is_some() {
-                        format!("endpointPickerConfig of role {}", role.name)
-                    } else {
-                        format!("strategy {}", role.strategy.unwrap_or_default().as_str())
-                    };
-                    (describe, text)
-                }
-                None => (
-                    format!(
-                        "strategy {} (no router role; the default)",
-                        RoutingStrategy::default().as_str()
-                    ),
-                    endpoint_picker_config(RoutingStrategy::default()).to_owned(),
-                ),
-            },
-        };
         let at = |port| SocketAddr::new(LOOPBACK, port);
         let ports = &options.ports;
         let local = LocalPlan {
@@ -504,9 +579,24 @@ impl LocalPlan {
         for backend in self.backends().filter(|b| b.launch.is_some()) {
             ports.push(PortUse {
                 port: backend.address.port(),
-                what: format!("model server {}", backend.name),
+                what: match backend.sidecar {
+                    Some(_) => format!("the prefill/decode sidecar of {}", backend.name),
+                    None => format!("model server {}", backend.name),
+                },
                 flag: "--backend-port",
             });
+            if let Some(sidecar) = &backend.sidecar {
+                ports.push(PortUse {
+                    port: sidecar.engine.port(),
+                    what: format!("model server {} (behind its sidecar)", backend.name),
+                    flag: "--backend-port",
+                });
+                ports.push(PortUse {
+                    port: sidecar.metrics.port(),
+                    what: format!("the sidecar metrics of {}", backend.name),
+                    flag: "--backend-port",
+                });
+            }
         }
         ports
     }

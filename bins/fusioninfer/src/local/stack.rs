@@ -22,6 +22,8 @@ pub struct ToolPaths {
     pub epp: Option<PathBuf>,
     /// `--envoy`.
     pub envoy: Option<PathBuf>,
+    /// `--pd-sidecar`.
+    pub pd_sidecar: Option<PathBuf>,
 }
 
 /// The programs a plan needs, found.
@@ -33,6 +35,8 @@ pub struct Tools {
     pub epp: PathBuf,
     /// Envoy.
     pub envoy: PathBuf,
+    /// The prefill/decode sidecar, when some decoder has one.
+    pub pd_sidecar: Option<PathBuf>,
 }
 
 impl Tools {
@@ -49,11 +53,17 @@ impl Tools {
             None
         };
         let epp = tools::find(Tool::Epp, paths.epp.as_deref())?;
+        let pd_sidecar = if plan.backends().any(|b| b.sidecar.is_some()) {
+            Some(tools::find(Tool::PdSidecar, paths.pd_sidecar.as_deref())?)
+        } else {
+            None
+        };
         let envoy = tools::find(Tool::Envoy, paths.envoy.as_deref())?;
         Ok(Tools {
             simulator,
             epp,
             envoy,
+            pd_sidecar,
         })
     }
 }
@@ -297,12 +307,34 @@ impl Stack {
                             &backend.name,
                             Path::new("/bin/sh"),
                             &["-c".to_owned(), format!("exec {command}")],
-                            &[("PORT".to_owned(), backend.address.port().to_string())],
+                            &[(
+                                "PORT".to_owned(),
+                                backend.engine_address().port().to_string(),
+                            )],
                             &log,
                         )
                         .map_err(|e| spawn_error(&backend.name, e))?;
                 }
             }
+        }
+        for backend in stack.plan.backends().filter(|b| b.launch.is_some()) {
+            let Some(sidecar) = &backend.sidecar else {
+                continue;
+            };
+            let program = tools.pd_sidecar.as_deref().ok_or_else(|| {
+                UpError::Io("no prefill/decode sidecar binary was located".to_owned())
+            })?;
+            let name = format!("{}-sidecar", backend.name);
+            stack
+                .supervisor
+                .spawn(
+                    &name,
+                    program,
+                    &sidecar.args(backend.address),
+                    &[("RUST_LOG".to_owned(), "info".to_owned())],
+                    &logs.join(format!("{name}.log")),
+                )
+                .map_err(|e| spawn_error(&name, e))?;
         }
         let epp_args = stack.plan.epp_args(&endpoints, &epp_config);
         stack

