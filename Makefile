@@ -12,7 +12,7 @@ ENVOY := $(VENV)/bin/envoy
 # Where cargo puts binaries (scripts read CARGO_TARGET_DIR the same way).
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug
 
-.PHONY: demo test lint fmt-check clippy doc unit python-test bench bench-sched bench-epp envoy update-golden
+.PHONY: demo test lint fmt-check clippy doc unit python-test bench bench-sched bench-epp bench-pd envoy update-golden
 
 # The simulator and the endpoint picker first, then the CLI: built on their own they share
 # artifacts with the test suite's on-demand build of the same two packages.
@@ -69,6 +69,10 @@ bench: envoy
 bench-epp: envoy
 	$(CARGO) build --release -p fusioninfer-epp-bin
 	$(CARGO) run --release -p fusioninfer-epp --example bench-epp
+
+# What the prefill/decode sidecar adds per request (fusioninfer-pd/README.md).
+bench-pd:
+	$(CARGO) run --quiet -p fusioninfer-pd --example bench-pd
 
 # Criterion benchmarks of the scheduler (numbers are reported in crate READMEs, never asserted).
 bench-sched:

@@ -532,12 +532,6 @@ impl<'a> Planner<'a> {
     }
 
     fn pd_sidecar_container(&self, serving: i32, engine: i32, metrics: i32) -> Container {
-        let port = |name: &str, number: i32| ContainerPort {
-            name: Some(name.to_owned()),
-            container_port: number,
-            protocol: Some("TCP".to_owned()),
-            ..Default::default()
-        };
         Container {
             name: PD_SIDECAR_CONTAINER.to_owned(),
             image: Some(self.options.pd_sidecar_image.clone()),
@@ -558,7 +552,10 @@ impl<'a> Planner<'a> {
                 .to_vec(),
             ),
             env: Some(vec![pod_namespace_env()]),
-            ports: Some(vec![port("http", serving), port("pd-metrics", metrics)]),
+            ports: Some(vec![
+                tcp_port("http", serving),
+                tcp_port("pd-metrics", metrics),
+            ]),
             readiness_probe: Some(Probe {
                 http_get: Some(HTTPGetAction {
                     path: Some("/metrics".to_owned()),
@@ -680,12 +677,6 @@ impl<'a> Planner<'a> {
             period_seconds: Some(period),
             ..Default::default()
         };
-        let port = |name: &str, number: i32| ContainerPort {
-            name: Some(name.to_owned()),
-            container_port: number,
-            protocol: Some("TCP".to_owned()),
-            ..Default::default()
-        };
         Container {
             name: EPP_CONTAINER.to_owned(),
             image: Some(self.options.epp_image.clone()),
@@ -709,9 +700,9 @@ impl<'a> Planner<'a> {
             ),
             env: Some(vec![pod_namespace_env()]),
             ports: Some(vec![
-                port("grpc", EPP_GRPC_PORT),
-                port("grpc-health", EPP_HEALTH_PORT),
-                port("metrics", EPP_METRICS_PORT),
+                tcp_port("grpc", EPP_GRPC_PORT),
+                tcp_port("grpc-health", EPP_HEALTH_PORT),
+                tcp_port("metrics", EPP_METRICS_PORT),
             ]),
             liveness_probe: Some(grpc_probe("liveness", 10)),
             readiness_probe: Some(grpc_probe("readiness", 2)),
@@ -812,6 +803,16 @@ impl<'a> Planner<'a> {
         let mut route = HttpRoute::new(pool, spec);
         route.metadata = self.metadata(pool.to_owned(), role_labels(self.service, role));
         Some(route)
+    }
+}
+
+/// A named TCP container port.
+fn tcp_port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: number,
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
     }
 }
 

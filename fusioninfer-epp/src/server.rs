@@ -276,3 +276,20 @@ impl RunningEpp {
         }
     }
 }
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before stopping a container); the
+/// binaries' cue to shut down gracefully.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

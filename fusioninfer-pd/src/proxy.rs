@@ -130,21 +130,14 @@ impl Proxy {
         let Some(prefiller) = prefiller.filter(|_| is_inference_path(parts.uri.path())) else {
             self.metrics.request("passthrough");
             return self
-                .forward(
-                    self.settings.engine,
-                    parts.method,
-                    &path_and_query,
-                    headers,
-                    body,
-                )
+                .forward(parts.method, &path_and_query, headers, body)
                 .await;
         };
         let target = match parse_prefiller(prefiller.as_bytes()) {
             Ok(target) => target,
             Err(why) => {
-                self.metrics.request("refused");
-                self.metrics.refusal("malformed");
-                return error(
+                return self.refuse(
+                    "malformed",
                     StatusCode::BAD_REQUEST,
                     &format!("header {PREFILLER_HOST_PORT}: {why}"),
                     Some(PREFILLER_HOST_PORT),
@@ -152,10 +145,9 @@ impl Proxy {
             }
         };
         if !self.allowlist.contains(&target) {
-            self.metrics.request("refused");
-            self.metrics.refusal("not_allowed");
             tracing::warn!(%target, "prefill target not in the allowlist");
-            return error(
+            return self.refuse(
+                "not_allowed",
                 StatusCode::FORBIDDEN,
                 &format!(
                     "header {PREFILLER_HOST_PORT}: {target} is not a prefill server of this pool"
@@ -166,9 +158,8 @@ impl Proxy {
         let original = match axum::body::to_bytes(body, self.settings.max_body_bytes).await {
             Ok(bytes) => bytes,
             Err(_) => {
-                self.metrics.request("refused");
-                self.metrics.refusal("body_too_large");
-                return error(
+                return self.refuse(
+                    "body_too_large",
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!(
                         "the request body is larger than {} bytes, or could not be read",
@@ -182,13 +173,7 @@ impl Proxy {
         // Not a JSON object: the engine gives the client its own 400, without a hand-off.
         let Ok(prefill) = prefill_body(&original) else {
             return self
-                .forward(
-                    self.settings.engine,
-                    parts.method,
-                    &path_and_query,
-                    headers,
-                    Body::from(original),
-                )
+                .forward(parts.method, &path_and_query, headers, Body::from(original))
                 .await;
         };
         let started = Instant::now();
@@ -227,14 +212,8 @@ impl Proxy {
                 original.to_vec()
             }
         };
-        self.forward(
-            self.settings.engine,
-            parts.method,
-            &path_and_query,
-            headers,
-            Body::from(decode),
-        )
-        .await
+        self.forward(parts.method, &path_and_query, headers, Body::from(decode))
+            .await
     }
 
     fn request(
@@ -292,15 +271,29 @@ impl Proxy {
         })
     }
 
-    /// Sends a request on and streams the answer back; 502 when the upstream cannot be reached.
+    /// Counts a refusal and answers it.
+    fn refuse(
+        &self,
+        reason: &'static str,
+        status: StatusCode,
+        message: &str,
+        param: Option<&str>,
+    ) -> Response<Body> {
+        self.metrics.request("refused");
+        self.metrics.refusal(reason);
+        error(status, message, param)
+    }
+
+    /// Sends a request to the engine and streams its answer back; 502 when it cannot be
+    /// reached.
     async fn forward(
         &self,
-        to: SocketAddr,
         method: axum::http::Method,
         path_and_query: &str,
         headers: HeaderMap,
         body: Body,
     ) -> Response<Body> {
+        let to = self.settings.engine;
         let request = match self.request(to, method, path_and_query, headers, body) {
             Ok(request) => request,
             Err(e) => return error(StatusCode::BAD_REQUEST, &e, None),

@@ -57,31 +57,8 @@ async fn main() -> ExitCode {
         "listening grpc={} health={} metrics={}",
         epp.grpc_address, epp.health_address, epp.metrics_address
     );
-    shutdown_signal().await;
+    fusioninfer_epp::server::shutdown_signal().await;
     tracing::info!("shutting down");
     epp.shutdown(Duration::from_secs(5)).await;
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -60,23 +60,8 @@ async fn main() -> ExitCode {
         "listening proxy={} metrics={}",
         sidecar.address, sidecar.metrics_address
     );
-    shutdown_signal().await;
+    fusioninfer_epp::server::shutdown_signal().await;
     tracing::info!("shutting down");
     sidecar.shutdown(args.shutdown_grace).await;
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
 }

@@ -17,6 +17,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fusioninfer_cli::load::{self, Api, Job};
+use fusioninfer_cli::local::probe;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -484,20 +485,12 @@ fn sigint_stops_everything_and_sigkill_of_up_takes_the_children_along() {
 
 /// A sample of a Prometheus text; the series must be there.
 fn sample(text: &str, series: &str) -> f64 {
-    find_sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    probe::sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 /// A counter of the sidecar's, whose labelled series appear on first use (0 when absent).
 fn count(text: &str, series: &str) -> f64 {
-    find_sample(text, series).unwrap_or(0.0)
-}
-
-fn find_sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .filter(|rest| rest.starts_with(' '))
-            .and_then(|rest| rest.trim().parse().ok())
-    })
+    probe::sample(text, series).unwrap_or(0.0)
 }
 
 /// Envoy → endpoint picker → sidecar → simulated prefiller, then the simulated decoder: the
