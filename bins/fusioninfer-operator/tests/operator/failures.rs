@@ -164,7 +164,7 @@ pub async fn conflict_on_apply_requeues_with_backoff() -> CallLog {
     );
     assert!(h.get("llm", "chat").await.status.is_none());
     // The other objects were applied.
-    assert_eq!(h.children("llm").await.len(), 12);
+    assert_eq!(h.children("llm").await.len(), 15);
 
     let (isvc, reference) = service_ref(&h).await;
     assert_eq!(
@@ -192,7 +192,7 @@ pub async fn conflict_on_apply_requeues_with_backoff() -> CallLog {
         error_policy(isvc, &again, h.ctx.clone()),
         Action::requeue(BACKOFF_BASE)
     );
-    assert_eq!(h.children("llm").await.len(), 13);
+    assert_eq!(h.children("llm").await.len(), 16);
     assert_eq!(status_writes(&h.log.calls()), 1);
     h.log
 }
@@ -329,7 +329,7 @@ pub async fn failed_lookup_requeues_quickly() -> CallLog {
         "{error}"
     );
     let children = h.children("llm").await;
-    assert_eq!(children.len(), 12);
+    assert_eq!(children.len(), 15);
     assert!(
         !children
             .iter()
@@ -344,7 +344,7 @@ pub async fn failed_lookup_requeues_quickly() -> CallLog {
     );
     faults.clear();
     h.reconcile("llm", "chat").await.expect("recovers");
-    assert_eq!(h.children("llm").await.len(), 13);
+    assert_eq!(h.children("llm").await.len(), 16);
     h.log
 }
 

@@ -210,7 +210,7 @@ pub async fn create_applies_every_planned_object() -> CallLog {
         .map(|(k, n, _)| (k.clone(), n.clone()))
         .collect();
     assert_eq!(found, planned(&created));
-    assert_eq!(found.len(), 13, "{found:?}");
+    assert_eq!(found.len(), 16, "{found:?}");
     for (kind, name, object) in &children {
         assert!(
             is_controlled_by(&object.metadata, &uid),
