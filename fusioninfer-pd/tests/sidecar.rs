@@ -513,3 +513,37 @@ async fn a_prefiller_4xx_is_the_clients_answer() {
     );
     setup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let setup = Setup::start(|o| o.max_body_bytes = 1024).await;
+    let answer = send(
+        setup.sidecar.address,
+        "POST",
+        "/v1/chat/completions",
+        &[(HEADER, &setup.header())],
+        Some(&chat(&long_prompt(1), false)),
+    )
+    .await;
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert_eq!(answer.json()["error"]["type"], "RequestTooLargeError");
+    let own = metrics(setup.sidecar.metrics_address).await;
+    assert_eq!(
+        count(
+            &own,
+            "fusioninfer_pd_refusals_total{reason=\"body_too_large\"}"
+        ),
+        1.0
+    );
+    // Without the header the body is streamed to the engine, whatever its size.
+    let answer = send(
+        setup.sidecar.address,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(&chat(&long_prompt(1), false)),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    setup.stop().await;
+}
