@@ -558,7 +558,8 @@ impl<'a> Planner<'a> {
             ]),
             readiness_probe: Some(Probe {
                 http_get: Some(HTTPGetAction {
-                    path: Some("/metrics".to_owned()),
+                    // 503 until its prefill allowlist has synced.
+                    path: Some("/ready".to_owned()),
                     port: IntOrString::Int(metrics),
                     ..Default::default()
                 }),

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use fusioninfer_api::labels::COMPONENT_TYPE;
@@ -20,10 +21,12 @@ use fusioninfer_epp::source::EndpointSink;
 /// The `fusioninfer.io/component-type` value of prefill pods.
 pub const PREFILLER: &str = "prefiller";
 
-/// The addresses allowed as prefill targets; cheap to clone, shared with the watch.
+/// The addresses allowed as prefill targets; cheap to clone, shared with the watch. A new
+/// list is unsynced (its source has not answered yet) until the first [`Allowlist::set`].
 #[derive(Clone, Debug, Default)]
 pub struct Allowlist {
     addresses: Arc<RwLock<BTreeSet<SocketAddr>>>,
+    synced: Arc<AtomicBool>,
 }
 
 impl Allowlist {
@@ -34,9 +37,16 @@ impl Allowlist {
         list
     }
 
-    /// Replaces the whole list.
+    /// Replaces the whole list; the list is synced from now on.
     pub fn set(&self, addresses: BTreeSet<SocketAddr>) {
         *self.addresses.write().unwrap_or_else(|e| e.into_inner()) = addresses;
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Whether the source has delivered a list (the sidecar's `/ready`): until then every
+    /// prefill target would be refused.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// Whether `address` may be called.
@@ -83,6 +93,7 @@ impl EndpointSink for Allowlist {
     fn lost(&self) {
         tracing::warn!("InferencePool gone: no prefill target is allowed");
         self.set(BTreeSet::new());
+        self.synced.store(false, Ordering::Release);
     }
 }
 
@@ -170,7 +181,13 @@ mod tests {
 
     #[test]
     fn the_sink_replaces_the_list_and_a_lost_pool_empties_it() {
+        let watched = Allowlist::default();
+        assert!(!watched.is_synced(), "nothing heard from the source yet");
+        EndpointSink::update(&watched, Vec::new());
+        assert!(watched.is_synced() && watched.is_empty());
+
         let list = Allowlist::fixed(["10.9.9.9:1".parse().unwrap()]);
+        assert!(list.is_synced());
         let pods = [pod("10.0.0.1", "prefiller", "svc", true)];
         EndpointSink::update(&list, pool_endpoints(&pool(), &pods));
         assert!(list.contains(&"10.0.0.1:8000".parse().unwrap()));
@@ -181,5 +198,6 @@ mod tests {
         );
         EndpointSink::lost(&list);
         assert!(list.is_empty());
+        assert!(!list.is_synced());
     }
 }

@@ -1,5 +1,7 @@
 //! The sidecar's command line ([`Options`]) and its two servers ([`RunningSidecar`]): the proxy
-//! on the pod's serving port and the metrics on their own port.
+//! on the pod's serving port, and on their own port the metrics (`GET /metrics`) and the
+//! readiness (`GET /ready`: 503 until the prefill allowlist has synced, so that a fresh decode
+//! pod takes no traffic it would refuse).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -207,6 +209,19 @@ impl RunningSidecar {
                         )],
                         proxy.metrics_text(),
                     )
+                }),
+            )
+            .route(
+                "/ready",
+                get(|State(proxy): State<Arc<Proxy>>| async move {
+                    if proxy.allowlist().is_synced() {
+                        (axum::http::StatusCode::OK, "ok\n")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "the prefill allowlist has not synced yet\n",
+                        )
+                    }
                 }),
             )
             .with_state(Arc::clone(&proxy));

@@ -90,6 +90,17 @@ fn serves_metrics_until_sigterm() {
         "{response}"
     );
 
+    let mut stream = TcpStream::connect(&metrics).unwrap();
+    stream
+        .write_all(b"GET /ready HTTP/1.1\r\nhost: pd\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "a static allowlist is synced at once: {response}"
+    );
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
