@@ -10,12 +10,14 @@
 //! | `max-score-picker` (default picker), `random-picker`, `weighted-random-picker`, `round-robin-picker` | pickers |
 //! | `queue-scorer`, `running-requests-size-scorer`, `kv-cache-utilization-scorer`, `lora-affinity-scorer` | scorers |
 //! | `prefix-cache-scorer` | scorer + post-decision (index update) |
+//! | `precise-prefix-cache-scorer` | scorer from engines' KV events, approximate fallback |
 //! | `active-request-scorer` | scorer + post-decision + post-response (load accounting) |
 //! | `by-label`, `prefill-filter`, `decode-filter` | filters |
 
 mod active_request;
 mod filters;
 mod pickers;
+mod precise_prefix;
 mod prefix;
 mod profile;
 mod scorers;
@@ -23,6 +25,7 @@ mod scorers;
 pub use active_request::ActiveRequestScorer;
 pub use filters::ByLabel;
 pub use pickers::{MaxScorePicker, RandomPicker, RoundRobinPicker, WeightedRandomPicker};
+pub use precise_prefix::{DEFAULT_KV_EVENTS_PORT, PrecisePrefixCacheScorer};
 pub use prefix::{PrefixCacheConfig, PrefixCacheScorer, PrefixMatch};
 pub use profile::{
     AlwaysDisaggPdDecider, PREFILL_HEADER_HANDLER_TYPES, PdProfileHandler, PrefillHeaderHandler,
@@ -45,5 +48,6 @@ pub(crate) fn register_builtins(registry: &mut Registry) {
     scorers::register(registry);
     active_request::register(registry);
     prefix::register(registry);
+    precise_prefix::register(registry);
     filters::register(registry);
 }

@@ -93,6 +93,18 @@ pub struct PrefixCacheConfig {
     pub lru_capacity: usize,
 }
 
+impl Default for PrefixCacheConfig {
+    /// The settings of a `prefix-cache-scorer` configured without parameters.
+    fn default() -> Self {
+        PrefixCacheConfig {
+            block_bytes: DEFAULT_BLOCK_SIZE_TOKENS * AVERAGE_CHARS_PER_TOKEN,
+            auto_tune: true,
+            max_blocks: default_max_blocks(),
+            lru_capacity: default_lru_capacity(),
+        }
+    }
+}
+
 /// What the scorer computed for the request of a cycle; stored in the [`CycleState`] under
 /// the plugin's instance name so that other plugins (the PD handler) can read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
