@@ -63,6 +63,8 @@ pub struct EndpointSpec {
     pub labels: BTreeMap<String, String>,
     /// Where `/metrics` is scraped when not at `address`.
     pub metrics_address: Option<SocketAddr>,
+    /// The ZMQ address of the endpoint's KV-event publisher (`tcp://ip:port`), when known.
+    pub kv_events_address: Option<String>,
 }
 
 impl EndpointSpec {
@@ -72,6 +74,7 @@ impl EndpointSpec {
             address,
             labels: BTreeMap::new(),
             metrics_address: None,
+            kv_events_address: None,
         }
     }
 
@@ -265,6 +268,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             metrics_address: None,
+            kv_events_address: None,
         }
     }
 
