@@ -11,17 +11,15 @@
 //! connect is retried with a backoff of 100 ms doubling to 5 s. The task stops when the
 //! endpoint leaves. Malformed messages are counted and skipped, never fatal.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fusioninfer_kvcache::events::parse_frames;
 use fusioninfer_sched::kv_index::KvEventFeed;
-use tokio::task::JoinHandle;
 use zeromq::{Socket, SocketRecv};
 
-use crate::endpoints::{EndpointChanges, EndpointSpec};
+use crate::endpoints::{EndpointChanges, EndpointSpec, EndpointTasks};
 use crate::metrics::EppMetrics;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -32,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct KvEventSubscriber {
     shared: Arc<Shared>,
-    tasks: Mutex<HashMap<SocketAddr, JoinHandle<()>>>,
+    tasks: EndpointTasks,
 }
 
 #[derive(Debug)]
@@ -52,7 +50,7 @@ impl KvEventSubscriber {
                 metrics,
                 pod_port,
             }),
-            tasks: Mutex::new(HashMap::new()),
+            tasks: EndpointTasks::default(),
         }
     }
 
@@ -71,42 +69,25 @@ impl KvEventSubscriber {
         if self.shared.feeds.is_empty() {
             return;
         }
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        for address in &changes.removed {
-            if let Some(task) = tasks.remove(address) {
-                task.abort();
-            }
-        }
-        for spec in &changes.upserted {
-            if let Some(task) = tasks.remove(&spec.address) {
-                task.abort();
-            }
-            if let Some(publisher) = self.publisher_address(spec) {
-                let shared = Arc::clone(&self.shared);
-                tasks.insert(
-                    spec.address,
-                    tokio::spawn(subscribe_loop(shared, spec.address, publisher)),
-                );
-            }
-        }
+        self.tasks.apply(changes, |spec| {
+            let publisher = self.publisher_address(spec)?;
+            let shared = Arc::clone(&self.shared);
+            Some(tokio::spawn(subscribe_loop(
+                shared,
+                spec.address,
+                publisher,
+            )))
+        });
     }
 
     /// Endpoints subscribed to.
     pub fn subscribed(&self) -> usize {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.tasks.len()
     }
 
     /// Stops every subscriber task.
     pub fn stop(&self) {
-        for (_, task) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for KvEventSubscriber {
-    fn drop(&mut self) {
-        self.stop();
+        self.tasks.stop();
     }
 }
 

@@ -156,18 +156,8 @@ async fn eviction_and_cache_reset_on_simulators_reach_the_scorer() {
 }
 
 fn stored(hash: u64, tokens: Vec<u32>) -> KvEvent {
-    KvEvent::BlockStored(BlockStored {
-        block_hashes: vec![hash],
-        parent_block_hash: None,
-        block_size: tokens.len() as u32,
-        token_ids: tokens,
-        lora_id: None,
-        medium: Some("GPU".into()),
-        lora_name: None,
-        extra_keys: vec![None],
-        group_idx: 0,
-        kv_cache_spec_kind: "full_attention".into(),
-    })
+    let block_size = tokens.len() as u32;
+    KvEvent::BlockStored(BlockStored::new(vec![hash], None, tokens, block_size))
 }
 
 async fn send(socket: &mut zeromq::PubSocket, parts: Vec<Vec<u8>>) {

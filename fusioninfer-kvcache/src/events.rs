@@ -94,6 +94,30 @@ fn opt_str(v: &Option<String>) -> Value {
     v.as_deref().map_or(Value::Nil, Value::from)
 }
 
+impl BlockStored {
+    /// Full blocks of a request without LoRA, announced like vLLM does on one GPU
+    /// (`medium` `"GPU"`, one `None` extra key per block, group 0, full attention).
+    pub fn new(
+        block_hashes: Vec<u64>,
+        parent_block_hash: Option<u64>,
+        token_ids: Vec<u32>,
+        block_size: u32,
+    ) -> Self {
+        BlockStored {
+            extra_keys: vec![None; block_hashes.len()],
+            block_hashes,
+            parent_block_hash,
+            token_ids,
+            block_size,
+            lora_id: None,
+            medium: Some(MEDIUM_GPU.into()),
+            lora_name: None,
+            group_idx: 0,
+            kv_cache_spec_kind: "full_attention".into(),
+        }
+    }
+}
+
 impl KvEvent {
     /// The msgpack value of the event (a map tagged with `type`).
     pub fn to_value(&self) -> Value {

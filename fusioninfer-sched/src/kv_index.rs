@@ -474,18 +474,12 @@ mod tests {
     }
 
     fn stored(hashes: &[u64], parent: Option<u64>, tokens: Vec<u32>, block_size: u32) -> KvEvent {
-        KvEvent::BlockStored(BlockStored {
-            block_hashes: hashes.to_vec(),
-            parent_block_hash: parent,
-            token_ids: tokens,
+        KvEvent::BlockStored(BlockStored::new(
+            hashes.to_vec(),
+            parent,
+            tokens,
             block_size,
-            lora_id: None,
-            medium: None,
-            lora_name: None,
-            extra_keys: vec![None; hashes.len()],
-            group_idx: 0,
-            kv_cache_spec_kind: "full_attention".into(),
-        })
+        ))
     }
 
     fn request_keys(tokens: &[u32]) -> Vec<u64> {

@@ -262,18 +262,8 @@ mod tests {
     }
 
     fn stored(hash: u64, tokens: Vec<u32>) -> KvEvent {
-        KvEvent::BlockStored(BlockStored {
-            block_hashes: vec![hash],
-            parent_block_hash: None,
-            block_size: tokens.len() as u32,
-            token_ids: tokens,
-            lora_id: None,
-            medium: None,
-            lora_name: None,
-            extra_keys: vec![None],
-            group_idx: 0,
-            kv_cache_spec_kind: "full_attention".into(),
-        })
+        let block_size = tokens.len() as u32;
+        KvEvent::BlockStored(BlockStored::new(vec![hash], None, tokens, block_size))
     }
 
     fn scorer() -> PrecisePrefixCacheScorer {
