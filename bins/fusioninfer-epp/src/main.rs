@@ -53,35 +53,33 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The handler goes in before the line is printed: whoever reads it may signal at once.
+    let shutdown = shutdown_signal();
     println!(
         "listening grpc={} health={} metrics={}",
         epp.grpc_address, epp.health_address, epp.metrics_address
     );
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     epp.shutdown(Duration::from_secs(5)).await;
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C or SIGTERM; the SIGTERM handler is installed when this is called, not
+/// when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = ctrl_c.await;
     }
 }
