@@ -42,6 +42,18 @@ use crate::registry::Registry;
 #[serde(deny_unknown_fields)]
 pub(crate) struct NoParameters {}
 
+/// `value` if it is at least 1, else an error naming `parameter`.
+pub(crate) fn at_least_one(parameter: &str, value: usize) -> Result<usize, crate::PluginError> {
+    if value == 0 {
+        Err(crate::PluginError::bad_parameter(
+            parameter,
+            "must be at least 1",
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
 pub(crate) fn register_builtins(registry: &mut Registry) {
     profile::register(registry);
     pickers::register(registry);

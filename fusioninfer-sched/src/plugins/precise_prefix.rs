@@ -33,6 +33,7 @@ use crate::kv_index::{
     DEFAULT_CAPACITY, DEFAULT_MAX_ENDPOINTS_PER_KEY, EndpointStatus, KvBlockIndex, KvEventFeed,
     KvIndexConfig, block_keys, first_parent,
 };
+use crate::plugins::at_least_one;
 use crate::plugins::prefix::{PrefixCacheConfig, PrefixCacheScorer};
 use crate::registry::Registry;
 use crate::request::Request;
@@ -110,19 +111,12 @@ pub(crate) fn register(registry: &mut Registry) {
     registry.register("precise-prefix-cache-scorer", |c| {
         let p: Parameters = c.parameters()?;
         let memory = &p.indexer_config.kv_block_index_config.in_memory_config;
-        let positive = |name: &str, value: usize| {
-            if value == 0 {
-                Err(PluginError::bad_parameter(name, "must be at least 1"))
-            } else {
-                Ok(value)
-            }
-        };
         let config = KvIndexConfig {
-            capacity: positive(
+            capacity: at_least_one(
                 "indexerConfig.kvBlockIndexConfig.inMemoryConfig.size",
                 memory.size.unwrap_or(DEFAULT_CAPACITY),
             )?,
-            max_endpoints_per_key: positive(
+            max_endpoints_per_key: at_least_one(
                 "indexerConfig.kvBlockIndexConfig.inMemoryConfig.podCacheSize",
                 memory
                     .pod_cache_size
