@@ -1056,3 +1056,43 @@ pub fn new_request_id() -> String {
         &hex[20..32]
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_tokenized_like_the_simulator_or_left_to_the_fallback() {
+        let tokenizer = ModelTokenizer::fallback();
+        let chat = br#"{"model":"m","messages":[{"role":"user","content":"Hello world"}]}"#;
+        let rendered = tokenizer
+            .apply_chat_template(
+                &[serde_json::json!({"role": "user", "content": "Hello world"})],
+                true,
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            token_ids(&tokenizer, ApiKind::ChatCompletions, chat),
+            Some(tokenizer.encode(&rendered, false).unwrap())
+        );
+        let completion = br#"{"model":"m","prompt":[7,8,9]}"#;
+        assert_eq!(
+            token_ids(&tokenizer, ApiKind::Completions, completion),
+            Some(vec![7, 8, 9])
+        );
+        for unusable in [
+            &br#"{"model":"m","prompt":["a","b"]}"#[..],
+            br#"{"model":"m","messages":"nope"}"#,
+            b"[1, 2]",
+            b"not json",
+        ] {
+            let api = if unusable.starts_with(br#"{"model":"m","messages""#) {
+                ApiKind::ChatCompletions
+            } else {
+                ApiKind::Completions
+            };
+            assert_eq!(token_ids(&tokenizer, api, unusable), None);
+        }
+    }
+}
