@@ -64,6 +64,8 @@ bench: envoy
 	$(CARGO) build --quiet -p fusioninfer
 	$(BIN)/fusioninfer-load bench --out bench/results
 	$(PY) bench/chart.py bench/results/bench.json bench/results/bench.png
+	$(BIN)/fusioninfer-load bench --groups 48 --only prefix-only,prefix+load,kv-aware --out bench/results/oversubscribed
+	$(PY) bench/chart.py bench/results/oversubscribed/bench.json bench/results/oversubscribed/bench.png
 
 # The endpoint picker's added latency, picks/s and memory (fusioninfer-epp/README.md).
 bench-epp: envoy

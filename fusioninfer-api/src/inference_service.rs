@@ -173,17 +173,20 @@ pub enum RoutingStrategy {
     RoundRobin,
     /// Pick a decode server, and a prefill server when the uncached prompt is long enough.
     PdDisaggregation,
+    /// Prefix-cache affinity from the servers' own KV-cache events, balanced with load.
+    KvAware,
 }
 
 impl RoutingStrategy {
     /// Every strategy, in declaration order.
-    pub const ALL: [RoutingStrategy; 6] = [
+    pub const ALL: [RoutingStrategy; 7] = [
         RoutingStrategy::PrefixCache,
         RoutingStrategy::KvCacheUtilization,
         RoutingStrategy::QueueSize,
         RoutingStrategy::LoraAffinity,
         RoutingStrategy::RoundRobin,
         RoutingStrategy::PdDisaggregation,
+        RoutingStrategy::KvAware,
     ];
 
     /// The value used in the CRD.
@@ -195,6 +198,7 @@ impl RoutingStrategy {
             RoutingStrategy::LoraAffinity => "lora-affinity",
             RoutingStrategy::RoundRobin => "round-robin",
             RoutingStrategy::PdDisaggregation => "pd-disaggregation",
+            RoutingStrategy::KvAware => "kv-aware",
         }
     }
 }

@@ -13,6 +13,7 @@ pub fn endpoint_picker_config(strategy: RoutingStrategy) -> &'static str {
         RoutingStrategy::LoraAffinity => include_str!("strategies/lora-affinity.yaml"),
         RoutingStrategy::RoundRobin => include_str!("strategies/round-robin.yaml"),
         RoutingStrategy::PdDisaggregation => include_str!("strategies/pd-disaggregation.yaml"),
+        RoutingStrategy::KvAware => include_str!("strategies/kv-aware.yaml"),
     }
 }
 

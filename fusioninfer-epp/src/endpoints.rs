@@ -63,6 +63,8 @@ pub struct EndpointSpec {
     pub labels: BTreeMap<String, String>,
     /// Where `/metrics` is scraped when not at `address`.
     pub metrics_address: Option<SocketAddr>,
+    /// The ZMQ address of the endpoint's KV-event publisher (`tcp://ip:port`), when known.
+    pub kv_events_address: Option<String>,
 }
 
 impl EndpointSpec {
@@ -72,6 +74,7 @@ impl EndpointSpec {
             address,
             labels: BTreeMap::new(),
             metrics_address: None,
+            kv_events_address: None,
         }
     }
 
@@ -253,6 +256,62 @@ impl EndpointStore {
     }
 }
 
+/// One background task per endpoint (a scrape loop, a KV-event subscription): restarted when
+/// the endpoint changes, stopped when it leaves or when this set is dropped.
+#[derive(Debug, Default)]
+pub struct EndpointTasks {
+    tasks: std::sync::Mutex<std::collections::HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
+}
+
+impl EndpointTasks {
+    /// Stops the tasks of removed and changed endpoints, and starts `start`'s task (if any)
+    /// for each new or changed one.
+    pub fn apply(
+        &self,
+        changes: &EndpointChanges,
+        mut start: impl FnMut(&EndpointSpec) -> Option<tokio::task::JoinHandle<()>>,
+    ) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for address in changes
+            .removed
+            .iter()
+            .chain(changes.upserted.iter().map(|s| &s.address))
+        {
+            if let Some(task) = tasks.remove(address) {
+                task.abort();
+            }
+        }
+        for spec in &changes.upserted {
+            if let Some(task) = start(spec) {
+                tasks.insert(spec.address, task);
+            }
+        }
+    }
+
+    /// Endpoints with a task.
+    pub fn len(&self) -> usize {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no endpoint has a task.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stops every task.
+    pub fn stop(&self) {
+        for (_, task) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for EndpointTasks {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +324,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             metrics_address: None,
+            kv_events_address: None,
         }
     }
 

@@ -44,7 +44,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
-use fusioninfer_sched::{Endpoint, Request, ResponseInfo, Routed, Scheduler, decision};
+use fusioninfer_kvcache::ModelTokenizer;
+use fusioninfer_sched::{ApiKind, Endpoint, Request, ResponseInfo, Routed, Scheduler, decision};
 use futures::Stream;
 use tonic::Status;
 
@@ -93,6 +94,9 @@ pub struct PickerSettings {
     /// Base models; other models count as LoRA adapters. Empty: a model is an adapter if a
     /// ready server reports it as one.
     pub base_models: Vec<String>,
+    /// Tokenizes prompts into [`Request::token_ids`]; set only when a scheduler plugin reads
+    /// them (`precise-prefix-cache-scorer`).
+    pub tokenizer: Option<Arc<ModelTokenizer>>,
 }
 
 impl Default for PickerSettings {
@@ -100,6 +104,7 @@ impl Default for PickerSettings {
         PickerSettings {
             max_body_bytes: 16 * 1024 * 1024,
             base_models: Vec::new(),
+            tokenizer: None,
         }
     }
 }
@@ -139,6 +144,22 @@ impl Picker {
     /// The scheduler.
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.scheduler
+    }
+}
+
+/// The prompt's token ids as the model server computes them, or `None` (the scorer then falls
+/// back to approximate matching) when the body has no single prompt or the template fails.
+fn token_ids(tokenizer: &ModelTokenizer, api: ApiKind, body: &[u8]) -> Option<Vec<u32>> {
+    let serde_json::Value::Object(map) = serde_json::from_slice(body).ok()? else {
+        return None;
+    };
+    let chat = api == ApiKind::ChatCompletions;
+    match tokenizer.request_token_ids(chat, &map) {
+        Ok(ids) => ids,
+        Err(error) => {
+            tracing::debug!(%error, "tokenizing the prompt failed; approximate prefix scoring");
+            None
+        }
     }
 }
 
@@ -510,6 +531,12 @@ impl Session {
             }
         };
         let mut request = parsed.request;
+        if let Some(tokenizer) = &self.picker.settings.tokenizer {
+            request.token_ids = token_ids(tokenizer, api, &self.body);
+            if let Some(ids) = &request.token_ids {
+                request.prompt_tokens = u32::try_from(ids.len()).ok();
+            }
+        }
         request.request_id = self.request_id.clone();
         request.objective = self.objective.clone();
         request.fairness_id = self.fairness_id.clone();
@@ -1028,4 +1055,44 @@ pub fn new_request_id() -> String {
         &hex[16..20],
         &hex[20..32]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_tokenized_like_the_simulator_or_left_to_the_fallback() {
+        let tokenizer = ModelTokenizer::fallback();
+        let chat = br#"{"model":"m","messages":[{"role":"user","content":"Hello world"}]}"#;
+        let rendered = tokenizer
+            .apply_chat_template(
+                &[serde_json::json!({"role": "user", "content": "Hello world"})],
+                true,
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            token_ids(&tokenizer, ApiKind::ChatCompletions, chat),
+            Some(tokenizer.encode(&rendered, false).unwrap())
+        );
+        let completion = br#"{"model":"m","prompt":[7,8,9]}"#;
+        assert_eq!(
+            token_ids(&tokenizer, ApiKind::Completions, completion),
+            Some(vec![7, 8, 9])
+        );
+        for unusable in [
+            &br#"{"model":"m","prompt":["a","b"]}"#[..],
+            br#"{"model":"m","messages":"nope"}"#,
+            b"[1, 2]",
+            b"not json",
+        ] {
+            let api = if unusable.starts_with(br#"{"model":"m","messages""#) {
+                ApiKind::ChatCompletions
+            } else {
+                ApiKind::Completions
+            };
+            assert_eq!(token_ids(&tokenizer, api, unusable), None);
+        }
+    }
 }

@@ -12,6 +12,8 @@
 //!   Kubernetes, or a static file (local mode, tests) — applied to the [`endpoints`] store;
 //! * [`scrape`]: the metrics refresh loop that keeps each endpoint's vLLM/SGLang metrics fresh
 //!   and takes unreachable servers out of the candidates;
+//! * [`kv_events`]: subscriptions to the model servers' KV events, feeding the index of
+//!   `precise-prefix-cache-scorer` (the prompt is then tokenized with the model's tokenizer);
 //! * [`metrics`]: the picker's own Prometheus metrics;
 //! * [`server`]: wiring it all to the ext_proc, health and metrics ports; [`options`]: the
 //!   command line, including the planner's flags and the `--strategy` shortcut.
@@ -22,6 +24,7 @@
 
 pub mod endpoints;
 pub mod ext_proc;
+pub mod kv_events;
 pub mod metrics;
 pub mod openai;
 pub mod options;

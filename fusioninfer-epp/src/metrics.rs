@@ -11,6 +11,9 @@
 //! | `fusioninfer_epp_responses_total` | counter | `code` (HTTP status class of routed requests: `2xx`, …, `aborted`) |
 //! | `fusioninfer_epp_usage_tokens_total` | counter | `kind`: `prompt`, `completion`, `cached` (from answers' `usage`) |
 //! | `fusioninfer_epp_endpoints` | gauge | `state`: `known`, `ready` |
+//! | `fusioninfer_epp_kv_index_blocks` | gauge | – (block keys in the KV-event index) |
+//! | `fusioninfer_epp_kv_event_messages_total` | counter | `outcome`: `applied`, `gap`, `restart`, `malformed` |
+//! | `fusioninfer_epp_kv_events_skipped_total` | counter | – (events not applied: malformed, parent unknown) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +74,9 @@ pub struct EppMetrics {
     responses: Family<Labels, Counter>,
     usage_tokens: Family<Labels, Counter>,
     endpoints: Family<Labels, Gauge>,
+    kv_index_blocks: Gauge,
+    kv_event_messages: Family<Labels, Counter>,
+    kv_events_skipped: Counter,
 }
 
 impl Default for EppMetrics {
@@ -139,6 +145,24 @@ impl EppMetrics {
             "Endpoints known to the picker and ready (last scrape succeeded)",
             endpoints.clone(),
         );
+        let kv_index_blocks = Gauge::default();
+        registry.register(
+            "kv_index_blocks",
+            "Block keys held by the KV-event index (precise-prefix-cache-scorer)",
+            kv_index_blocks.clone(),
+        );
+        let kv_event_messages = Family::<Labels, Counter>::default();
+        registry.register(
+            "kv_event_messages",
+            "KV-event messages received from model servers, by outcome",
+            kv_event_messages.clone(),
+        );
+        let kv_events_skipped = Counter::default();
+        registry.register(
+            "kv_events_skipped",
+            "KV events not applied to the index (malformed, or parent block unknown)",
+            kv_events_skipped.clone(),
+        );
         EppMetrics {
             registry,
             decision_duration,
@@ -150,7 +174,20 @@ impl EppMetrics {
             responses,
             usage_tokens,
             endpoints,
+            kv_index_blocks,
+            kv_event_messages,
+            kv_events_skipped,
         }
+    }
+
+    /// Records one KV-event message: its `outcome` label, events skipped, and the index size.
+    pub fn kv_event_message(&self, outcome: &'static str, skipped: usize, index_blocks: usize) {
+        self.kv_event_messages
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+        self.kv_events_skipped.inc_by(skipped as u64);
+        self.kv_index_blocks
+            .set(i64::try_from(index_blocks).unwrap_or(i64::MAX));
     }
 
     /// Records one routing decision.
@@ -269,6 +306,7 @@ mod tests {
             }),
         );
         metrics.response(0, None);
+        metrics.kv_event_message("gap", 2, 17);
         let store = EndpointStore::new();
         let text = metrics.render(Some(&store));
         for needle in [
@@ -282,6 +320,9 @@ mod tests {
             "fusioninfer_epp_responses_total{code=\"aborted\"} 1",
             "fusioninfer_epp_usage_tokens_total{kind=\"cached\"} 8",
             "fusioninfer_epp_endpoints{state=\"ready\"} 0",
+            "fusioninfer_epp_kv_index_blocks 17",
+            "fusioninfer_epp_kv_event_messages_total{outcome=\"gap\"} 1",
+            "fusioninfer_epp_kv_events_skipped_total 2",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

@@ -94,6 +94,15 @@ pub struct Options {
     /// when not, a model counts as an adapter if some server reports it as one.
     #[arg(long = "base-model", value_name = "NAME")]
     pub base_models: Vec<String>,
+    /// The model's Hugging Face `tokenizer.json`, used to tokenize prompts when the scheduler
+    /// has a `precise-prefix-cache-scorer` (default: the deterministic fallback tokenizer that
+    /// `fusioninfer-sim` uses without a tokenizer file).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// The model's chat template (default: `chat_template.jinja` or `tokenizer_config.json`
+    /// beside `--tokenizer`).
+    #[arg(long, requires = "tokenizer")]
+    pub chat_template: Option<PathBuf>,
 }
 
 impl Options {

@@ -5,17 +5,14 @@
 //! engine's metrics for the endpoint's engine label) takes the endpoint out of the ready set
 //! until a scrape succeeds again.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fusioninfer_sched::metrics::{ModelServer, parse_metrics};
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::endpoints::{EndpointChanges, EndpointSpec, EndpointStore};
+use crate::endpoints::{EndpointChanges, EndpointSpec, EndpointStore, EndpointTasks};
 use crate::metrics::EppMetrics;
 
 /// Scrape settings.
@@ -49,7 +46,7 @@ impl Default for ScrapeSettings {
 #[derive(Debug)]
 pub struct Scraper {
     shared: Arc<Shared>,
-    tasks: Mutex<HashMap<SocketAddr, JoinHandle<()>>>,
+    tasks: EndpointTasks,
 }
 
 #[derive(Debug)]
@@ -95,44 +92,26 @@ impl Scraper {
                 permits: Semaphore::new(settings.concurrency.max(1)),
                 settings,
             }),
-            tasks: Mutex::new(HashMap::new()),
+            tasks: EndpointTasks::default(),
         }
     }
 
     /// Starts scraping new endpoints and stops scraping removed ones.
     pub fn apply(&self, changes: &EndpointChanges) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        for address in &changes.removed {
-            if let Some(task) = tasks.remove(address) {
-                task.abort();
-            }
-        }
-        for spec in &changes.upserted {
-            if let Some(task) = tasks.remove(&spec.address) {
-                task.abort();
-            }
+        self.tasks.apply(changes, |spec| {
             let shared = Arc::clone(&self.shared);
-            let spec = spec.clone();
-            tasks.insert(spec.address, tokio::spawn(scrape_loop(shared, spec)));
-        }
+            Some(tokio::spawn(scrape_loop(shared, spec.clone())))
+        });
     }
 
     /// Endpoints being scraped.
     pub fn scraped(&self) -> usize {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.tasks.len()
     }
 
     /// Stops every scrape task.
     pub fn stop(&self) {
-        for (_, task) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for Scraper {
-    fn drop(&mut self) {
-        self.stop();
+        self.tasks.stop();
     }
 }
 

@@ -1,4 +1,5 @@
-//! Running the picker: the endpoint source, the scrape loop, and three servers — ext_proc gRPC
+//! Running the picker: the endpoint source, the scrape loop, KV-event subscriptions (when a
+//! scheduler plugin reads them), and three servers — ext_proc gRPC
 //! (with the health service too), gRPC health, and Prometheus metrics over HTTP.
 //!
 //! Health services: `liveness` is serving while the process runs; `readiness` and
@@ -16,8 +17,11 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use fusioninfer_kvcache::ModelTokenizer;
+
 use crate::endpoints::EndpointStore;
 use crate::ext_proc::{ExtProcService, Picker, PickerSettings};
+use crate::kv_events::KvEventSubscriber;
 use crate::metrics::EppMetrics;
 use crate::options::{Options, OptionsError, SourceKind};
 use crate::scrape::{ScrapeSettings, Scraper};
@@ -46,6 +50,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The tokenizer or chat template did not load.
+    #[error(transparent)]
+    Tokenizer(#[from] fusioninfer_kvcache::tokenize::TokenizerError),
     /// No Kubernetes client configuration (in-cluster or kubeconfig).
     #[error("Kubernetes client: {0}")]
     Kubernetes(String),
@@ -87,11 +94,29 @@ impl RunningEpp {
                 port: options.model_server_metrics_port,
             },
         );
-        let discovery = Arc::new(Discovery::new(
-            Arc::clone(&store),
-            scraper,
-            Arc::clone(&scheduler),
-        ));
+        let feeds = scheduler.kv_event_feeds();
+        let tokenizer = if feeds.is_empty() {
+            None
+        } else {
+            let tokenizer = match &options.tokenizer {
+                Some(path) => ModelTokenizer::from_file(path, options.chat_template.as_deref())?,
+                None => ModelTokenizer::fallback(),
+            };
+            tracing::info!(
+                tokenizer = tokenizer.description(),
+                "tokenizing prompts for KV-event routing"
+            );
+            Some(Arc::new(tokenizer))
+        };
+        let subscriber = KvEventSubscriber::new(
+            feeds,
+            Arc::clone(&metrics),
+            matches!(options.source(), SourceKind::Kubernetes { .. }),
+        );
+        let discovery = Arc::new(
+            Discovery::new(Arc::clone(&store), scraper, Arc::clone(&scheduler))
+                .with_kv_events(subscriber),
+        );
         let picker = Picker::new(
             Arc::clone(&scheduler),
             Arc::clone(&store),
@@ -99,6 +124,7 @@ impl RunningEpp {
             PickerSettings {
                 max_body_bytes: options.max_request_body_bytes,
                 base_models: options.base_models.clone(),
+                tokenizer,
             },
         );
 
@@ -278,18 +304,22 @@ impl RunningEpp {
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before stopping a container); the
-/// binaries' cue to shut down gracefully.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
+/// binaries' cue to shut down gracefully. The SIGTERM handler is installed when this is called,
+/// not when the future is first polled, so call it before announcing readiness.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        match term {
+            Some(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            None => {
+                let _ = ctrl_c.await;
+            }
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
     }
 }

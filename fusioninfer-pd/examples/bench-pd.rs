@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fusioninfer_pd::{Options, RunningSidecar};
+use fusioninfer_sim::ModelTokenizer;
 use fusioninfer_sim::config::SimConfig;
 use fusioninfer_sim::server::SimServer;
-use fusioninfer_sim::tokenize::SimTokenizer;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
@@ -26,7 +26,7 @@ async fn sim(instance: &str) -> SimServer {
         max_model_len: 1 << 16,
         ..SimConfig::default()
     };
-    SimServer::start(config, Arc::new(SimTokenizer::fallback()))
+    SimServer::start(config, Arc::new(ModelTokenizer::fallback()))
         .await
         .expect("simulator starts")
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fusioninfer_pd::{Options, RunningSidecar};
+use fusioninfer_sim::ModelTokenizer;
 use fusioninfer_sim::config::SimConfig;
 use fusioninfer_sim::server::SimServer;
-use fusioninfer_sim::tokenize::SimTokenizer;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -122,7 +122,7 @@ async fn sim(instance: &str) -> SimServer {
         max_model_len: 1 << 16,
         ..SimConfig::default()
     };
-    SimServer::start(config, Arc::new(SimTokenizer::fallback()))
+    SimServer::start(config, Arc::new(ModelTokenizer::fallback()))
         .await
         .expect("simulator starts")
 }

@@ -45,6 +45,10 @@ pub trait Plugin: Send + Sync + 'static {
     fn as_post_response(&self) -> Option<&dyn PostResponse> {
         None
     }
+    /// The KV-event-fed index this plugin reads, which the router must feed.
+    fn kv_event_feed(&self) -> Option<&crate::kv_index::KvEventFeed> {
+        None
+    }
     /// Forget state about endpoints for which `is_live` is false (they left the pool).
     fn retain_endpoints(&self, is_live: &dyn Fn(SocketAddr) -> bool) {
         let _ = is_live;

@@ -11,7 +11,8 @@
 //! [`fusioninfer_api::epp_config::EndpointPickerConfig`]. Plugins are looked up by type name in
 //! a [`Registry`]; the built-ins ([`plugins`]) carry GAIE and llm-d names and parameters so
 //! their configs load. [`metrics`] turns a vLLM or SGLang `/metrics` page into
-//! [`EndpointMetrics`].
+//! [`EndpointMetrics`]. [`kv_index`] is the block index that `precise-prefix-cache-scorer`
+//! reads and the router feeds with the engines' KV events.
 //!
 //! # Writing and registering a custom scorer
 //!
@@ -92,6 +93,7 @@ mod duration;
 pub mod endpoint;
 pub mod error;
 pub mod framework;
+pub mod kv_index;
 pub mod metrics;
 pub mod plugins;
 pub mod registry;

@@ -150,6 +150,9 @@ pub struct Request {
     pub fairness_id: Option<String>,
     /// Size of the request body in bytes.
     pub body_bytes: usize,
+    /// The prompt's token ids, tokenized as the model server does; only filled when a plugin
+    /// needs them (see [`crate::Scheduler::kv_event_feeds`]).
+    pub token_ids: Option<Vec<u32>>,
     /// Prompt length in tokens when the router knows it (e.g. from a tokenizer); otherwise
     /// [`Request::estimated_tokens`] estimates it from the text.
     pub prompt_tokens: Option<u32>,

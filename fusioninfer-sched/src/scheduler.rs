@@ -385,6 +385,16 @@ impl Scheduler {
         }
     }
 
+    /// The KV-event feeds of the configured plugins (`precise-prefix-cache-scorer`): the
+    /// router subscribes to the endpoints' KV events for each, and tokenizes requests
+    /// ([`Request::token_ids`]) when there is any.
+    pub fn kv_event_feeds(&self) -> Vec<crate::kv_index::KvEventFeed> {
+        self.plugins
+            .iter()
+            .filter_map(|p| p.kv_event_feed().cloned())
+            .collect()
+    }
+
     /// Makes plugins forget endpoints that are no longer in the pool (e.g. prefix-index
     /// entries of deleted pods).
     pub fn retain_endpoints(&self, live: &[SocketAddr]) {

@@ -33,8 +33,8 @@ pub mod metrics;
 pub mod openai;
 pub mod prefix_cache;
 pub mod server;
-pub mod tokenize;
+pub use fusioninfer_kvcache::tokenize;
 
 pub use config::{FaultConfig, KvEventsConfig, LatencyConfig, LoraSpec, MetricsFault, SimConfig};
 pub use server::{Replica, SimServer, StartError, router, start_replicas};
-pub use tokenize::SimTokenizer;
+pub use tokenize::ModelTokenizer;

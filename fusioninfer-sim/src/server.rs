@@ -30,12 +30,12 @@ use crate::engine::{Engine, FinishReason, Running, Submission, SubmitError};
 use crate::errors::ApiError;
 use crate::kv_events::KvEventPublisher;
 use crate::openai::*;
-use crate::tokenize::SimTokenizer;
+use crate::tokenize::ModelTokenizer;
 
 /// The state behind one simulated server's router.
 pub struct Replica {
     engine: Arc<Engine>,
-    tokenizer: Arc<SimTokenizer>,
+    tokenizer: Arc<ModelTokenizer>,
     faults: Mutex<FaultConfig>,
     fail_rng: Mutex<fastrand::Rng>,
     id_rng: Mutex<fastrand::Rng>,
@@ -76,7 +76,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 impl Replica {
     fn new(
         engine: Arc<Engine>,
-        tokenizer: Arc<SimTokenizer>,
+        tokenizer: Arc<ModelTokenizer>,
         port: u16,
         kv_events_endpoint: Option<String>,
         shutdown: watch::Receiver<bool>,
@@ -117,7 +117,7 @@ impl Replica {
     /// instance.
     pub fn standalone(
         cfg: SimConfig,
-        tokenizer: Arc<SimTokenizer>,
+        tokenizer: Arc<ModelTokenizer>,
     ) -> Result<Arc<Self>, crate::config::ConfigError> {
         cfg.validate()?;
         let port = cfg.port;
@@ -478,7 +478,7 @@ fn sim_headers(running: &Running) -> HeaderMap {
 async fn generate(
     mut running: Running,
     plan: &Plan,
-    tokenizer: &SimTokenizer,
+    tokenizer: &ModelTokenizer,
     mut emit: impl FnMut(usize, &str) -> bool,
 ) -> FinishReason {
     let engine = Arc::clone(running.engine());
@@ -769,17 +769,14 @@ async fn chat_completions(State(rep): State<Arc<Replica>>, body: Bytes) -> Respo
         }
         let req: ChatCompletionRequest = typed(map)?;
         let lora = rep.resolve_model(req.model.as_deref())?;
-        let text = rep
+        let prompt = rep
             .tokenizer
-            .apply_chat_template(
+            .chat_token_ids(
                 &req.messages,
                 req.add_generation_prompt.unwrap_or(true),
                 req.chat_template_kwargs.as_ref(),
+                req.add_special_tokens.unwrap_or(false),
             )
-            .map_err(|e| ApiError::bad_request(e.to_string(), None))?;
-        let prompt = rep
-            .tokenizer
-            .encode(&text, req.add_special_tokens.unwrap_or(false))
             .map_err(|e| ApiError::bad_request(e.to_string(), None))?;
         plan(
             &rep,
@@ -1157,7 +1154,7 @@ pub struct SimServer {
 
 impl SimServer {
     /// Binds and serves one simulated server on the current tokio runtime.
-    pub async fn start(cfg: SimConfig, tokenizer: Arc<SimTokenizer>) -> Result<Self, StartError> {
+    pub async fn start(cfg: SimConfig, tokenizer: Arc<ModelTokenizer>) -> Result<Self, StartError> {
         cfg.validate()?;
         let addr = format!("{}:{}", cfg.host, cfg.port);
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -1275,7 +1272,7 @@ pub fn replica_endpoint(endpoint: &str, i: u16) -> String {
 pub async fn start_replicas(
     cfg: &SimConfig,
     n: u16,
-    tokenizer: Arc<SimTokenizer>,
+    tokenizer: Arc<ModelTokenizer>,
 ) -> Result<Vec<SimServer>, StartError> {
     let mut servers = Vec::with_capacity(n as usize);
     for i in 0..n {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use fusioninfer_sim::engine::{Engine, FinishReason, Submission};
 use fusioninfer_sim::kv_events::{EndpointMode, KvEvent};
-use fusioninfer_sim::{KvEventsConfig, LatencyConfig, SimConfig, SimTokenizer, start_replicas};
+use fusioninfer_sim::{KvEventsConfig, LatencyConfig, ModelTokenizer, SimConfig, start_replicas};
 use serde_json::{Value, json};
 
 fn latency(overhead: f64, prefill_us: f64, itl: f64, slowdown: f64) -> LatencyConfig {
@@ -687,7 +687,7 @@ async fn replicas_have_their_own_state_and_names() {
         instance: "sim-{port}".into(),
         ..test_config()
     };
-    let servers = start_replicas(&cfg, 3, Arc::new(SimTokenizer::fallback()))
+    let servers = start_replicas(&cfg, 3, Arc::new(ModelTokenizer::fallback()))
         .await
         .unwrap();
     let mut pods = Vec::new();

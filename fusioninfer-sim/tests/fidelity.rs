@@ -14,7 +14,7 @@ use fusioninfer_sim::block_hash::{hash_block, hash_full_blocks, none_hash, publi
 use fusioninfer_sim::kv_events::{
     EndpointMode, KvEvent, KvEventBatch, frames as encode_frames, parse_frames,
 };
-use fusioninfer_sim::{KvEventsConfig, SimConfig, SimTokenizer};
+use fusioninfer_sim::{KvEventsConfig, ModelTokenizer, SimConfig};
 use serde_json::{Value, json};
 
 fn read(dir: &Path, name: &str) -> String {
@@ -41,9 +41,9 @@ fn content_type(h: &reqwest::header::HeaderMap) -> String {
         .to_string()
 }
 
-fn tokenizer(dir: &Path) -> Arc<SimTokenizer> {
+fn tokenizer(dir: &Path) -> Arc<ModelTokenizer> {
     Arc::new(
-        SimTokenizer::from_file(&dir.join("tiny-llama-tokenizer/tokenizer.json"), None)
+        ModelTokenizer::from_file(&dir.join("tiny-llama-tokenizer/tokenizer.json"), None)
             .expect("fixture tokenizer loads with the pure-Rust tokenizers build"),
     )
 }

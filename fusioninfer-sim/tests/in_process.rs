@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
-use fusioninfer_sim::{Replica, SimConfig, SimTokenizer, router};
+use fusioninfer_sim::{ModelTokenizer, Replica, SimConfig, router};
 use tower::ServiceExt;
 
 #[tokio::test]
@@ -14,7 +14,7 @@ async fn router_answers_without_a_listener() {
         time_scale: 0.0,
         ..SimConfig::default()
     };
-    let replica = Replica::standalone(cfg, Arc::new(SimTokenizer::fallback())).unwrap();
+    let replica = Replica::standalone(cfg, Arc::new(ModelTokenizer::fallback())).unwrap();
     let app = router(Arc::clone(&replica));
     let req = Request::post("/v1/completions")
         .header("content-type", "application/json")

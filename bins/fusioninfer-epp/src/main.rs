@@ -53,11 +53,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The handler goes in before the line is printed: whoever reads it may signal at once.
+    let shutdown = fusioninfer_epp::server::shutdown_signal();
     println!(
         "listening grpc={} health={} metrics={}",
         epp.grpc_address, epp.health_address, epp.metrics_address
     );
-    fusioninfer_epp::server::shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     epp.shutdown(Duration::from_secs(5)).await;
     ExitCode::SUCCESS

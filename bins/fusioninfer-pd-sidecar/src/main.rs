@@ -56,11 +56,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The handler goes in before the line is printed: whoever reads it may signal at once.
+    let shutdown = fusioninfer_epp::server::shutdown_signal();
     println!(
         "listening proxy={} metrics={}",
         sidecar.address, sidecar.metrics_address
     );
-    fusioninfer_epp::server::shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     sidecar.shutdown(args.shutdown_grace).await;
     ExitCode::SUCCESS

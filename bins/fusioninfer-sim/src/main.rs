@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{ArgAction, Parser, ValueEnum};
 use fusioninfer_sim::kv_events::EndpointMode;
 use fusioninfer_sim::{
-    FaultConfig, KvEventsConfig, LatencyConfig, LoraSpec, MetricsFault, SimConfig, SimTokenizer,
+    FaultConfig, KvEventsConfig, LatencyConfig, LoraSpec, MetricsFault, ModelTokenizer, SimConfig,
     start_replicas,
 };
 
@@ -235,14 +235,14 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let tokenizer = match &args.tokenizer {
-        Some(path) => match SimTokenizer::from_file(path, args.chat_template.as_deref()) {
+        Some(path) => match ModelTokenizer::from_file(path, args.chat_template.as_deref()) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("fusioninfer-sim: {e}");
                 return std::process::ExitCode::from(2);
             }
         },
-        None => SimTokenizer::fallback(),
+        None => ModelTokenizer::fallback(),
     };
     let servers = match start_replicas(&cfg, args.replicas, Arc::new(tokenizer)).await {
         Ok(s) => s,

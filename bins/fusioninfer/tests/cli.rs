@@ -64,8 +64,8 @@ fn render_matches_golden_files_for_every_example() {
         rendered += 1;
     }
     assert_eq!(
-        rendered, 6,
-        "every seed story (and the local demo) has an example"
+        rendered, 7,
+        "every seed story (and the local demo, and kv-aware) has an example"
     );
 }
 

@@ -566,3 +566,41 @@ fn model_names_come_from_the_engine_command_line() {
     );
     assert_eq!(with_args(&["--port", "8000"]), None);
 }
+
+#[test]
+fn kv_aware_simulators_publish_kv_events_where_the_picker_subscribes() {
+    let plan = local(&example("kv-aware.yaml"));
+    assert_eq!(
+        plan.router.config,
+        endpoint_picker_config(RoutingStrategy::KvAware)
+    );
+    let backend = plan.backends().nth(1).unwrap();
+    assert_eq!(backend.address, addr("127.0.0.1:8002"));
+    assert_eq!(backend.kv_events, Some(addr("127.0.0.1:10002")));
+    let Some(Launch::Simulator(args)) = &backend.launch else {
+        panic!("a simulator");
+    };
+    assert!(
+        args.ends_with(&[
+            "--kv-events-endpoint".to_owned(),
+            "tcp://127.0.0.1:10002".to_owned(),
+            "--kv-events-topic".to_owned(),
+            "kv@{host}:{port}@{model}".to_owned(),
+        ]),
+        "{args:?}"
+    );
+    let file: serde_json::Value = serde_json::from_str(&plan.endpoints_file()).unwrap();
+    assert_eq!(
+        file["endpoints"][1]["kvEventsAddress"],
+        "tcp://127.0.0.1:10002"
+    );
+    assert!(
+        plan.ports_to_bind().iter().any(|p| p.port == 10002),
+        "KV-event ports are checked for conflicts"
+    );
+
+    // Strategies that do not read KV events start plain simulators.
+    let demo = local(&example("local-demo.yaml"));
+    assert!(demo.backends().all(|b| b.kv_events.is_none()));
+    assert!(!demo.endpoints_file().contains("kvEventsAddress"));
+}

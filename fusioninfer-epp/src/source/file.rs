@@ -8,6 +8,7 @@
 //!     fusioninfer.io/component-type: decoder
 //!     llm-d.ai/engine-type: vllm   # vllm (default) or sglang
 //!   metricsAddress: 127.0.0.1:9001 # optional; where /metrics is scraped if not `address`
+//!   kvEventsAddress: tcp://127.0.0.1:5557 # optional; the KV-event publisher (ZMQ)
 //! ```
 //!
 //! A file that does not parse leaves the previous endpoints in place (and is reported once);
@@ -38,6 +39,8 @@ struct Entry {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     metrics_address: Option<String>,
+    #[serde(default)]
+    kv_events_address: Option<String>,
 }
 
 /// Parses an endpoints file (YAML, or JSON which YAML reads too). Errors name the entry.
@@ -64,13 +67,36 @@ pub fn parse_endpoints_file(text: &str) -> Result<Vec<EndpointSpec>, String> {
                 .map(parse_address)
                 .transpose()
                 .map_err(|e| format!("endpoints[{i}].metricsAddress: {e}"))?;
+            let kv_events_address = entry
+                .kv_events_address
+                .map(|a| parse_zmq_address(&a))
+                .transpose()
+                .map_err(|e| format!("endpoints[{i}].kvEventsAddress: {e}"))?;
             Ok(EndpointSpec {
                 address,
                 labels: entry.labels,
                 metrics_address,
+                kv_events_address,
             })
         })
         .collect()
+}
+
+/// A ZMQ address the subscriber can connect to: `tcp://host:port` or `ipc://path`.
+fn parse_zmq_address(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let valid = match text.split_once("://") {
+        Some(("tcp", rest)) => rest
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+        Some(("ipc", path)) => !path.is_empty(),
+        _ => false,
+    };
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not tcp://host:port or ipc://path"))
+    }
 }
 
 fn parse_address(text: &str) -> Result<SocketAddr, String> {
@@ -139,6 +165,22 @@ mod tests {
         assert_eq!(wrapped.len(), 1);
         assert_eq!(parse_endpoints_file("").unwrap(), vec![]);
         assert_eq!(parse_endpoints_file("endpoints: []").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn kv_events_addresses_are_checked() {
+        let list = parse_endpoints_file(
+            "- address: 127.0.0.1:8001\n  kvEventsAddress: tcp://127.0.0.1:5557\n",
+        )
+        .unwrap();
+        assert_eq!(
+            list[0].kv_events_address.as_deref(),
+            Some("tcp://127.0.0.1:5557")
+        );
+        let error =
+            parse_endpoints_file("- address: 127.0.0.1:8001\n  kvEventsAddress: 127.0.0.1:5557\n")
+                .unwrap_err();
+        assert!(error.contains("endpoints[0].kvEventsAddress"), "{error}");
     }
 
     #[test]

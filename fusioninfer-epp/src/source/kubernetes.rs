@@ -83,6 +83,8 @@ pub fn pool_endpoints<'a>(
                 address: SocketAddr::new(ip, port),
                 labels: labels.clone(),
                 metrics_address: None,
+                // Subscribed at the pod IP and the scorer's port (see crate::kv_events).
+                kv_events_address: None,
             });
         }
     }

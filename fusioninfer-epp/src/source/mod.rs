@@ -1,6 +1,6 @@
 //! Endpoint sources: where the list of model servers comes from. Each source hands complete
 //! lists to a [`Discovery`], which updates the [`EndpointStore`], starts and stops scrape tasks,
-//! and makes the scheduler forget endpoints that left.
+//! starts and stops KV-event subscriptions, and makes the scheduler forget endpoints that left.
 //!
 //! * [`mod@file`]: a YAML or JSON file of endpoints, polled for changes (local mode, tests).
 //! * [`kubernetes`]: an InferencePool and the ready pods its selector matches.
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use fusioninfer_sched::Scheduler;
 
 use crate::endpoints::{EndpointSpec, EndpointStore};
+use crate::kv_events::KvEventSubscriber;
 use crate::scrape::Scraper;
 
 /// Where a source hands its lists: the picker's [`Discovery`], or another consumer of the same
@@ -39,6 +40,7 @@ pub struct Discovery {
     store: Arc<EndpointStore>,
     scraper: Scraper,
     scheduler: Arc<Scheduler>,
+    kv_events: Option<KvEventSubscriber>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -57,7 +59,14 @@ impl Discovery {
             store,
             scraper,
             scheduler,
+            kv_events: None,
         }
+    }
+
+    /// Also subscribes to the endpoints' KV events with `subscriber`.
+    pub fn with_kv_events(mut self, subscriber: KvEventSubscriber) -> Self {
+        self.kv_events = Some(subscriber);
+        self
     }
 
     /// The source's current complete list. Marks the store synced.
@@ -78,6 +87,9 @@ impl Discovery {
             return;
         }
         self.scraper.apply(changes);
+        if let Some(kv_events) = &self.kv_events {
+            kv_events.apply(changes);
+        }
         if !changes.removed.is_empty() {
             self.scheduler
                 .retain_endpoints(&self.store.known_addresses());
@@ -90,8 +102,11 @@ impl Discovery {
         );
     }
 
-    /// Stops the scrape tasks.
+    /// Stops the scrape and subscriber tasks.
     pub fn stop(&self) {
         self.scraper.stop();
+        if let Some(kv_events) = &self.kv_events {
+            kv_events.stop();
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fusioninfer_epp::{Options, RunningEpp};
-use fusioninfer_sim::{SimConfig, SimServer, SimTokenizer};
+use fusioninfer_sim::{ModelTokenizer, SimConfig, SimServer};
 use serde_json::{Value, json};
 
 /// The workspace root.
@@ -83,7 +83,7 @@ pub fn sim_config() -> SimConfig {
 
 /// Starts `n` simulators on free loopback ports.
 pub async fn start_sims(n: usize, tweak: impl Fn(&mut SimConfig)) -> Vec<SimServer> {
-    let tokenizer = Arc::new(SimTokenizer::fallback());
+    let tokenizer = Arc::new(ModelTokenizer::fallback());
     let mut servers = Vec::new();
     for _ in 0..n {
         let mut config = sim_config();

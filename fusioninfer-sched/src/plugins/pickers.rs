@@ -24,13 +24,7 @@ fn one() -> usize {
 
 fn max_num_of_endpoints(context: &PluginContext<'_>) -> Result<usize, PluginError> {
     let parameters: PickerParameters = context.parameters()?;
-    if parameters.max_num_of_endpoints == 0 {
-        return Err(PluginError::bad_parameter(
-            "maxNumOfEndpoints",
-            "must be at least 1",
-        ));
-    }
-    Ok(parameters.max_num_of_endpoints)
+    super::at_least_one("maxNumOfEndpoints", parameters.max_num_of_endpoints)
 }
 
 pub(crate) fn register(registry: &mut Registry) {

@@ -23,8 +23,8 @@ use xxhash_rust::xxh64::{Xxh64, xxh64};
 
 use crate::decision::SchedulingResult;
 use crate::endpoint::Endpoint;
-use crate::error::PluginError;
 use crate::framework::{CycleState, Plugin, PostDecision, Scorer};
+use crate::plugins::at_least_one;
 use crate::registry::Registry;
 use crate::request::{AVERAGE_CHARS_PER_TOKEN, Request};
 
@@ -54,18 +54,11 @@ fn default_lru_capacity() -> usize {
 pub(crate) fn register(registry: &mut Registry) {
     registry.register("prefix-cache-scorer", |c| {
         let p: Parameters = c.parameters()?;
-        let positive = |name: &str, value: usize| {
-            if value == 0 {
-                Err(PluginError::bad_parameter(name, "must be at least 1"))
-            } else {
-                Ok(value)
-            }
-        };
         let fixed_block_bytes = match (p.block_size_tokens, p.block_size) {
             (Some(tokens), _) => {
-                Some(positive("blockSizeTokens", tokens)? * AVERAGE_CHARS_PER_TOKEN)
+                Some(at_least_one("blockSizeTokens", tokens)? * AVERAGE_CHARS_PER_TOKEN)
             }
-            (None, Some(bytes)) => Some(positive("blockSize", bytes)?),
+            (None, Some(bytes)) => Some(at_least_one("blockSize", bytes)?),
             (None, None) => None,
         };
         let auto_tune = p.auto_tune.unwrap_or(fixed_block_bytes.is_none());
@@ -73,8 +66,8 @@ pub(crate) fn register(registry: &mut Registry) {
             block_bytes: fixed_block_bytes
                 .unwrap_or(DEFAULT_BLOCK_SIZE_TOKENS * AVERAGE_CHARS_PER_TOKEN),
             auto_tune,
-            max_blocks: positive("maxPrefixBlocksToMatch", p.max_prefix_blocks_to_match)?,
-            lru_capacity: positive("lruCapacityPerServer", p.lru_capacity_per_server)?,
+            max_blocks: at_least_one("maxPrefixBlocksToMatch", p.max_prefix_blocks_to_match)?,
+            lru_capacity: at_least_one("lruCapacityPerServer", p.lru_capacity_per_server)?,
         };
         Ok(Arc::new(PrefixCacheScorer::new(c.name(), config)))
     });
@@ -91,6 +84,18 @@ pub struct PrefixCacheConfig {
     pub max_blocks: usize,
     /// Blocks remembered per endpoint (unless auto-tuned).
     pub lru_capacity: usize,
+}
+
+impl Default for PrefixCacheConfig {
+    /// The settings of a `prefix-cache-scorer` configured without parameters.
+    fn default() -> Self {
+        PrefixCacheConfig {
+            block_bytes: DEFAULT_BLOCK_SIZE_TOKENS * AVERAGE_CHARS_PER_TOKEN,
+            auto_tune: true,
+            max_blocks: default_max_blocks(),
+            lru_capacity: default_lru_capacity(),
+        }
+    }
 }
 
 /// What the scorer computed for the request of a cycle; stored in the [`CycleState`] under

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fusioninfer_sim::kv_events::{KvEventBatch, parse_frames};
-use fusioninfer_sim::{SimConfig, SimServer, SimTokenizer};
+use fusioninfer_sim::{ModelTokenizer, SimConfig, SimServer};
 use serde_json::Value;
 use zeromq::{Socket, SocketRecv};
 
@@ -26,12 +26,12 @@ pub fn test_config() -> SimConfig {
 }
 
 pub async fn start(cfg: SimConfig) -> SimServer {
-    SimServer::start(cfg, Arc::new(SimTokenizer::fallback()))
+    SimServer::start(cfg, Arc::new(ModelTokenizer::fallback()))
         .await
         .expect("simulator starts")
 }
 
-pub async fn start_with(cfg: SimConfig, tok: Arc<SimTokenizer>) -> SimServer {
+pub async fn start_with(cfg: SimConfig, tok: Arc<ModelTokenizer>) -> SimServer {
     SimServer::start(cfg, tok).await.expect("simulator starts")
 }
 

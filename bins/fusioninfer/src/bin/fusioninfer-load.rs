@@ -86,7 +86,7 @@ enum Command {
         /// Time limit for sending one strategy's requests (s).
         #[arg(long, default_value_t = 120)]
         time_limit: u64,
-        /// Only these strategies (round-robin, queue-only, prefix-only, prefix+load).
+        /// Only these strategies (round-robin, queue-only, prefix-only, prefix+load, kv-aware).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// The simulator binary.
@@ -264,6 +264,11 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode, String> {
             "prefix+load",
             "planner strategy prefix-cache (default): prefix 3, queue 2, KV 2",
             SchedulerOverride::Strategy(RoutingStrategy::PrefixCache),
+        ),
+        (
+            "kv-aware",
+            "planner strategy kv-aware: precise prefix from KV events 3, queue 2, KV 2",
+            SchedulerOverride::Strategy(RoutingStrategy::KvAware),
         ),
     ];
     let strategies: Vec<_> = strategies

@@ -31,6 +31,10 @@ pub const SIM_ARGS_ANNOTATION: &str = "local.fusioninfer.io/sim-args";
 /// Role annotation: the served model name, when it cannot be read from the container's args.
 pub const MODEL_ANNOTATION: &str = "local.fusioninfer.io/model";
 
+/// A simulator's KV-event publisher listens this far above its serving port, when the
+/// scheduler reads KV events (`precise-prefix-cache-scorer`, strategy `kv-aware`).
+pub const KV_EVENTS_PORT_OFFSET: u16 = 2000;
+
 /// Local mode binds and dials this address only.
 pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -157,6 +161,9 @@ pub struct Backend {
     /// The prefill/decode sidecar in front of it (decoders behind a router that names
     /// prefillers): it listens on `address`, the server on [`SidecarPlan::engine`].
     pub sidecar: Option<SidecarPlan>,
+    /// Its KV-event publisher (ZMQ PUB), when the scheduler reads KV events and local mode
+    /// starts the server as a simulator.
+    pub kv_events: Option<SocketAddr>,
 }
 
 impl Backend {
@@ -409,6 +416,7 @@ impl LocalPlan {
                             labels: labels.clone(),
                             launch: None,
                             sidecar: None,
+                            kv_events: None,
                         });
                     }
                     if backends.is_empty() {
@@ -469,6 +477,7 @@ impl LocalPlan {
                             labels: labels.clone(),
                             launch: Some(launch),
                             sidecar,
+                            kv_events: None,
                         });
                     }
                 }
@@ -497,6 +506,29 @@ impl LocalPlan {
             errors.push("no model server to run: every serving role has 0 replicas".to_owned());
         }
 
+        if reads_kv_events(&config) {
+            for backend in roles.iter_mut().flat_map(|r| r.backends.iter_mut()) {
+                let Some(Launch::Simulator(args)) = &mut backend.launch else {
+                    continue;
+                };
+                let Some(port) = backend.address.port().checked_add(KV_EVENTS_PORT_OFFSET) else {
+                    errors.push(format!(
+                        "model server {}: its KV-event port runs past 65535",
+                        backend.name
+                    ));
+                    continue;
+                };
+                let publisher = SocketAddr::new(LOOPBACK, port);
+                args.extend([
+                    "--kv-events-endpoint".to_owned(),
+                    format!("tcp://{publisher}"),
+                    // vLLM's topic convention (llm-d's `kv@` filter matches it).
+                    "--kv-events-topic".to_owned(),
+                    "kv@{host}:{port}@{model}".to_owned(),
+                ]);
+                backend.kv_events = Some(publisher);
+            }
+        }
         let at = |port| SocketAddr::new(LOOPBACK, port);
         let ports = &options.ports;
         let local = LocalPlan {
@@ -597,6 +629,13 @@ impl LocalPlan {
                     flag: "--backend-port",
                 });
             }
+            if let Some(publisher) = backend.kv_events {
+                ports.push(PortUse {
+                    port: publisher.port(),
+                    what: format!("model server {} (KV events)", backend.name),
+                    flag: "--backend-port",
+                });
+            }
         }
         ports
     }
@@ -607,10 +646,14 @@ impl LocalPlan {
         let endpoints: Vec<Value> = self
             .backends()
             .map(|b| {
-                serde_json::json!({
+                let mut entry = serde_json::json!({
                     "address": b.address.to_string(),
                     "labels": b.labels,
-                })
+                });
+                if let Some(publisher) = b.kv_events {
+                    entry["kvEventsAddress"] = format!("tcp://{publisher}").into();
+                }
+                entry
             })
             .collect();
         let mut text = serde_json::to_string_pretty(&serde_json::json!({ "endpoints": endpoints }))
@@ -682,6 +725,15 @@ fn pod_labels(objects: &[Value], service: &str, role: &Role) -> BTreeMap<String,
     labels
         .and_then(|l| serde_json::from_value(l.clone()).ok())
         .unwrap_or_else(|| fusioninfer_core::labels::role_labels(service, role))
+}
+
+/// Whether an EndpointPickerConfig has a plugin that reads the servers' KV events.
+fn reads_kv_events(config: &str) -> bool {
+    fusioninfer_api::epp_config::EndpointPickerConfig::parse(config).is_ok_and(|c| {
+        c.plugins
+            .iter()
+            .any(|p| p.type_ == "precise-prefix-cache-scorer")
+    })
 }
 
 /// The EndpointPickerConfig in the planner's ConfigMap.

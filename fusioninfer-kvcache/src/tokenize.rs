@@ -55,7 +55,7 @@ enum Backend {
 }
 
 /// A tokenizer plus chat template plus the vocabulary used for generated text.
-pub struct SimTokenizer {
+pub struct ModelTokenizer {
     backend: Backend,
     template: Environment<'static>,
     bos_token: String,
@@ -66,9 +66,9 @@ pub struct SimTokenizer {
     description: String,
 }
 
-impl std::fmt::Debug for SimTokenizer {
+impl std::fmt::Debug for ModelTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimTokenizer")
+        f.debug_struct("ModelTokenizer")
             .field("description", &self.description)
             .finish()
     }
@@ -147,7 +147,7 @@ fn is_plain_text(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ')
 }
 
-impl SimTokenizer {
+impl ModelTokenizer {
     /// The deterministic fallback tokenizer with [`DEFAULT_CHAT_TEMPLATE`].
     pub fn fallback() -> Self {
         let mut output_vocab = Vec::new();
@@ -159,7 +159,7 @@ impl SimTokenizer {
                 output_vocab.push((id, text));
             }
         }
-        SimTokenizer {
+        ModelTokenizer {
             backend: Backend::Fallback,
             template: template_env(DEFAULT_CHAT_TEMPLATE.to_string())
                 .expect("the built-in template compiles"),
@@ -167,7 +167,7 @@ impl SimTokenizer {
             eos_token: "</s>".into(),
             output_vocab,
             fallback_text,
-            description: "fallback (deterministic, see fusioninfer_sim::tokenize)".into(),
+            description: "fallback (deterministic, see fusioninfer_kvcache::tokenize)".into(),
         }
     }
 
@@ -229,7 +229,7 @@ impl SimTokenizer {
         if output_vocab.is_empty() {
             return Err(load_err("no plain-text tokens to generate from".into()));
         }
-        Ok(SimTokenizer {
+        Ok(ModelTokenizer {
             backend: Backend::Hf(Box::new(tk)),
             template,
             bos_token: token_field("bos_token", "<s>"),
@@ -305,6 +305,66 @@ impl SimTokenizer {
             .map_err(|e| TokenizerError::Template(e.to_string()))
     }
 
+    /// Token ids of a chat prompt as vLLM computes them: `messages` rendered with the chat
+    /// template, then encoded (`add_special_tokens` is false unless the request says otherwise,
+    /// since the template already placed the special tokens).
+    pub fn chat_token_ids(
+        &self,
+        messages: &[Value],
+        add_generation_prompt: bool,
+        chat_template_kwargs: Option<&serde_json::Map<String, Value>>,
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let text =
+            self.apply_chat_template(messages, add_generation_prompt, chat_template_kwargs)?;
+        self.encode(&text, add_special_tokens)
+    }
+
+    /// Prompt token ids of an OpenAI request body (`chat` for `/v1/chat/completions`, else a
+    /// `/v1/completions`-style `prompt`), with vLLM's defaults: chat `add_generation_prompt`
+    /// true and `add_special_tokens` false, completion `add_special_tokens` true. A completion
+    /// prompt given as token ids is taken as is. `Ok(None)` when the body has no single prompt
+    /// to tokenize (a batch of prompts, a missing field).
+    pub fn request_token_ids(
+        &self,
+        chat: bool,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<Option<Vec<u32>>, TokenizerError> {
+        let flag =
+            |key: &str, default: bool| body.get(key).and_then(Value::as_bool).unwrap_or(default);
+        if chat {
+            let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+                return Ok(None);
+            };
+            let kwargs = body.get("chat_template_kwargs").and_then(Value::as_object);
+            return self
+                .chat_token_ids(
+                    messages,
+                    flag("add_generation_prompt", true),
+                    kwargs,
+                    flag("add_special_tokens", false),
+                )
+                .map(Some);
+        }
+        let add_special = flag("add_special_tokens", true);
+        let ids = |items: &[Value]| -> Option<Vec<u32>> {
+            items
+                .iter()
+                .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .collect()
+        };
+        match body.get("prompt") {
+            Some(Value::String(text)) => self.encode(text, add_special).map(Some),
+            Some(Value::Array(items)) => match items.as_slice() {
+                [Value::String(text)] => self.encode(text, add_special).map(Some),
+                [Value::Array(tokens)] => Ok(ids(tokens)),
+                tokens if tokens.iter().all(Value::is_number) => Ok(ids(tokens)),
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
     /// The `n`-th candidate for generated tokens, chosen by `r` (any u64).
     pub fn output_token(&self, r: u64) -> (u32, &str) {
         let (id, text) = &self.output_vocab[(r % self.output_vocab.len() as u64) as usize];
@@ -318,7 +378,7 @@ mod tests {
 
     #[test]
     fn fallback_is_deterministic_and_wordish() {
-        let t = SimTokenizer::fallback();
+        let t = ModelTokenizer::fallback();
         assert_eq!(
             fallback_pieces("Hello world, extraordinary!"),
             vec![
@@ -335,7 +395,7 @@ mod tests {
 
     #[test]
     fn default_template_renders_like_the_fixture_model() {
-        let t = SimTokenizer::fallback();
+        let t = ModelTokenizer::fallback();
         let msgs = vec![serde_json::json!({"role": "user", "content": "Hi"})];
         assert_eq!(
             t.apply_chat_template(&msgs, true, None).unwrap(),
