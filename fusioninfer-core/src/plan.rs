@@ -64,6 +64,8 @@ pub const DEFAULT_PD_SIDECAR_IMAGE: &str = concat!(
 );
 /// Name of the prefill/decode sidecar container on decode pods.
 pub const PD_SIDECAR_CONTAINER: &str = "pd-sidecar";
+/// Resource requests of the PD sidecar container (counted in the Volcano PodGroup too).
+pub const PD_SIDECAR_REQUESTS: [(&str, &str); 2] = [("cpu", "100m"), ("memory", "64Mi")];
 /// Environment variable telling a decode pod's engine container the port to listen on (its
 /// command says `--port $(FUSIONINFER_ENGINE_PORT)`): the serving port is the sidecar's.
 pub const PD_ENGINE_PORT_ENV: &str = "FUSIONINFER_ENGINE_PORT";
@@ -204,12 +206,7 @@ impl<'a> Planner<'a> {
             .as_ref()
             .and_then(|s| s.scheduler_name.as_deref())
             == Some(VOLCANO_SCHEDULER);
-        let pd = isvc
-            .spec
-            .roles
-            .iter()
-            .find(|r| r.component_type == ComponentType::Router)
-            .is_some_and(|router| names_prefillers(&router_config(router)));
+        let pd = plans_pd_sidecar(isvc);
         Planner {
             isvc,
             options,
@@ -375,7 +372,7 @@ impl<'a> Planner<'a> {
             min_member,
             min_task_member,
             min_resources,
-        } = gang_totals(&self.isvc.spec.roles).expect("validated totals fit");
+        } = gang_totals(&self.isvc.spec.roles, self.pd).expect("validated totals fit");
         let scheduling = self
             .isvc
             .spec
@@ -567,10 +564,14 @@ impl<'a> Planner<'a> {
                 ..Default::default()
             }),
             resources: Some(ResourceRequirements {
-                requests: Some(BTreeMap::from([
-                    ("cpu".to_owned(), Quantity("100m".to_owned())),
-                    ("memory".to_owned(), Quantity("64Mi".to_owned())),
-                ])),
+                requests: Some(
+                    PD_SIDECAR_REQUESTS
+                        .iter()
+                        .map(|(resource, quantity)| {
+                            ((*resource).to_owned(), Quantity((*quantity).to_owned()))
+                        })
+                        .collect(),
+                ),
                 limits: Some(BTreeMap::from([(
                     "memory".to_owned(),
                     Quantity("512Mi".to_owned()),
@@ -961,9 +962,21 @@ pub struct TotalsError {
     pub message: String,
 }
 
+/// Whether the planner puts the PD sidecar on decode pods: the router's scheduler config names
+/// prefillers (see [`names_prefillers`]).
+pub fn plans_pd_sidecar(isvc: &InferenceService) -> bool {
+    isvc.spec
+        .roles
+        .iter()
+        .find(|r| r.component_type == ComponentType::Router)
+        .is_some_and(|router| names_prefillers(&router_config(router)))
+}
+
 /// The PodGroup's totals over the serving roles of `roles`, or where they stop fitting (an
-/// int32 pod count, an i128 nano-unit quantity). Expects replicas ≥ 0 and nodeCount ≥ 1.
-pub fn gang_totals(roles: &[Role]) -> Result<GangTotals, TotalsError> {
+/// int32 pod count, an i128 nano-unit quantity). With `pd_sidecar` (see [`plans_pd_sidecar`])
+/// each decode pod that gets the sidecar (every replica's leader) also counts its requests.
+/// Expects replicas ≥ 0 and nodeCount ≥ 1.
+pub fn gang_totals(roles: &[Role], pd_sidecar: bool) -> Result<GangTotals, TotalsError> {
     let mut totals = GangTotals::default();
     for (index, role) in roles.iter().enumerate() {
         if role.component_type == ComponentType::Router {
@@ -996,12 +1009,25 @@ pub fn gang_totals(roles: &[Role]) -> Result<GangTotals, TotalsError> {
                 ),
             )
         };
-        for (resource, per_pod) in try_pod_resources(role).map_err(|e| too_large(&e))? {
-            let sum = totals.min_resources.entry(resource.clone()).or_default();
-            *sum = per_pod
-                .checked_mul(i128::from(pods))
-                .and_then(|total| sum.checked_add(total))
-                .ok_or_else(|| too_large(&resource))?;
+        let mut per_pod_sets = vec![(try_pod_resources(role).map_err(|e| too_large(&e))?, pods)];
+        if pd_sidecar && role.component_type == ComponentType::Decoder {
+            let sidecar = PD_SIDECAR_REQUESTS
+                .iter()
+                .map(|(resource, quantity)| {
+                    let value = Nanos::parse(quantity).expect("constant quantities parse");
+                    ((*resource).to_owned(), value)
+                })
+                .collect();
+            per_pod_sets.push((sidecar, role.replicas));
+        }
+        for (per_pod_resources, count) in per_pod_sets {
+            for (resource, per_pod) in per_pod_resources {
+                let sum = totals.min_resources.entry(resource.clone()).or_default();
+                *sum = per_pod
+                    .checked_mul(i128::from(count))
+                    .and_then(|total| sum.checked_add(total))
+                    .ok_or_else(|| too_large(&resource))?;
+            }
         }
     }
     Ok(totals)

@@ -10,7 +10,7 @@ use fusioninfer_api::{ComponentType, InferenceService, MAX_ROLES, Role, RoutingS
 use gateway_api::httproutes::HttpRouteSpec;
 
 use crate::names::{DNS1035_LABEL_MAX, ROLE_NAME_MAX, longest_derived_name, service_name};
-use crate::plan::{DEFAULT_SERVING_PORT, gang_totals, serving_port};
+use crate::plan::{DEFAULT_SERVING_PORT, gang_totals, plans_pd_sidecar, serving_port};
 use crate::quantity::Nanos;
 
 /// One problem with a spec.
@@ -456,7 +456,7 @@ impl Validator {
         if !volcano {
             return;
         }
-        if let Err(e) = gang_totals(&isvc.spec.roles) {
+        if let Err(e) = gang_totals(&isvc.spec.roles, plans_pd_sidecar(isvc)) {
             let role = &isvc.spec.roles[e.role];
             self.error(
                 format!("spec.roles[{}].{}", e.role, e.field),

@@ -1053,3 +1053,23 @@ fn multi_node_decoders_get_the_sidecar_on_the_leader_only() {
     );
     assert!(worker.get("serviceAccountName").is_none());
 }
+
+#[test]
+fn volcano_podgroup_counts_the_pd_sidecar_of_each_decode_leader() {
+    let strategy = json!({"strategy": "pd-disaggregation"});
+    let mut isvc = pd(volcano(json!({})), strategy.clone());
+    // Decode: 3 replicas of 2 nodes; only the 3 leaders carry the sidecar.
+    isvc.spec.roles[1].replicas = 3;
+    isvc.spec.roles[1].multinode = Some(serde_json::from_value(json!({"nodeCount": 2})).unwrap());
+    let group = find(&jsons(&isvc), "PodGroup", SVC);
+    assert_eq!(group["spec"]["minMember"], 14);
+    assert_eq!(
+        group["spec"]["minResources"],
+        json!({"cpu": "300m", "memory": "192Mi"}),
+        "the example's templates request nothing; the sidecars' requests are all there is"
+    );
+    // Without a prefill-naming router there is no sidecar to count.
+    let plain = pd(volcano(json!({})), json!({"strategy": "prefix-cache"}));
+    let group = find(&jsons(&plain), "PodGroup", SVC);
+    assert_eq!(group["spec"].get("minResources"), None);
+}
