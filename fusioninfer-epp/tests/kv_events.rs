@@ -1,20 +1,23 @@
-//! KV-event routing end to end without Envoy: simulators (or a hand-driven ZMQ publisher)
-//! publish KV events, the picker's subscribers feed the `kv-aware` strategy's index, and
-//! `precise-prefix-cache-scorer` scores from it.
+//! KV-event routing end to end: simulators (or a hand-driven ZMQ publisher) publish KV events,
+//! the picker's subscribers feed the `kv-aware` strategy's index, and
+//! `precise-prefix-cache-scorer` scores from it; through Envoy, requests the picker tokenizes
+//! itself go where the blocks are.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{TestEpp, client, completion_body, post, words};
+use common::{
+    Envoy, EnvoyKnobs, TestEpp, client, completion_body, envoy_binary, envoy_config, post, words,
+};
 use fusioninfer_kvcache::ModelTokenizer;
 use fusioninfer_kvcache::events::{BlockStored, KvEvent, KvEventBatch, frames};
 use fusioninfer_sched::kv_index::{EndpointStatus, KvEventFeed};
 use fusioninfer_sched::plugins::PrecisePrefixCacheScorer;
 use fusioninfer_sched::{CycleState, Endpoint, Request, Scorer};
-use fusioninfer_sim::KvEventsConfig;
 use fusioninfer_sim::kv_events::EndpointMode;
+use fusioninfer_sim::{KvEventsConfig, SimServer};
 use serde_json::json;
 use zeromq::{Socket, SocketSend};
 
@@ -64,8 +67,14 @@ fn scores(feed: &KvEventFeed, prompt: &str, endpoints: &[SocketAddr]) -> Vec<f64
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eviction_and_cache_reset_on_simulators_reach_the_scorer() {
+/// Two simulators with small caches publishing KV events, and a `kv-aware` picker subscribed
+/// to both (synced: each has announced a cache reset).
+async fn kv_aware_fleet() -> (
+    Vec<SimServer>,
+    Vec<(SocketAddr, String)>,
+    TestEpp,
+    KvEventFeed,
+) {
     let sims = common::start_sims(2, |c| {
         // 16 blocks of 16 tokens: two ~200-token prompts do not fit together.
         c.num_blocks = 16;
@@ -85,9 +94,7 @@ async fn eviction_and_cache_reset_on_simulators_reach_the_scorer() {
         TestEpp::start_with_file(&endpoints_file(&entries), &["--strategy", "kv-aware"]).await;
     epp.wait_ready(2).await;
     let feed = feed(&epp);
-    let addresses = [sims[0].addr, sims[1].addr];
     let http = client();
-
     // The subscription is up once a cache reset (AllBlocksCleared) has arrived.
     for sim in &sims {
         let reset = format!("{}/reset_prefix_cache", sim.url());
@@ -102,6 +109,24 @@ async fn eviction_and_cache_reset_on_simulators_reach_the_scorer() {
         }
         assert!(synced, "no KV events from {}", sim.addr);
     }
+    (sims, entries, epp, feed)
+}
+
+/// Sends `count` other long prompts straight to `sim`: they push earlier ones out of its
+/// small cache.
+async fn crowd_out(http: &reqwest::Client, sim: &SimServer, seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        let url = format!("{}/v1/completions", sim.url());
+        let answer = post(http, &url, completion_body(&words(700, seed), false)).await;
+        assert_eq!(answer.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_and_cache_reset_on_simulators_reach_the_scorer() {
+    let (sims, entries, epp, feed) = kv_aware_fleet().await;
+    let addresses = [sims[0].addr, sims[1].addr];
+    let http = client();
 
     let prompt = words(700, 1);
     let completions = |sim: usize| format!("{}/v1/completions", sims[sim].url());
@@ -118,15 +143,7 @@ async fn eviction_and_cache_reset_on_simulators_reach_the_scorer() {
     );
 
     // Other long prompts push the first one out of the small cache: BlockRemoved.
-    for seed in 2..5 {
-        let other = words(700, seed);
-        assert_eq!(
-            post(&http, &completions(0), completion_body(&other, false))
-                .await
-                .status,
-            200
-        );
-    }
+    crowd_out(&http, &sims[0], 2..5).await;
     assert!(
         eventually(|| scores(&feed, &prompt, &addresses)[0] == 0.0).await,
         "eviction did not reach the index: {:?}",
@@ -153,6 +170,75 @@ async fn eviction_and_cache_reset_on_simulators_reach_the_scorer() {
     // The endpoint leaving the pool drops its state.
     std::fs::write(&epp.endpoints_file, endpoints_file(&entries[..1])).unwrap();
     assert!(eventually(|| feed.index.status(sims[1].addr) == EndpointStatus::Silent).await);
+}
+
+/// POSTs through the gateway, retrying a 429 a few times: on a loaded test machine a scrape can
+/// come late enough for the picker to see only stale metrics (and say so with 429 +
+/// retry-after, as it should).
+async fn post_retrying(http: &reqwest::Client, url: &str, body: String) -> common::Answer {
+    for _ in 0..20 {
+        let answer = post(http, url, body.clone()).await;
+        if answer.status != 429 {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    post(http, url, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_envoy_requests_follow_their_blocks_and_leave_after_eviction() {
+    let Some(envoy_binary) = envoy_binary() else {
+        return;
+    };
+    let (sims, _entries, epp, feed) = kv_aware_fleet().await;
+    let addresses = [sims[0].addr, sims[1].addr];
+    let envoy = Envoy::start(
+        &envoy_binary,
+        &envoy_config(&EnvoyKnobs::new(epp.epp.grpc_address, &addresses)),
+    )
+    .await;
+    let http = client();
+    let gateway = envoy.url("/v1/completions");
+    let prompt = words(700, 1);
+    let direct = |sim: usize| format!("{}/v1/completions", sims[sim].url());
+
+    // Only the second server has seen the prompt (not through the picker, so approximate
+    // routing could not know): the picker tokenizes the request and follows the blocks.
+    assert_eq!(
+        post(&http, &direct(1), completion_body(&prompt, false))
+            .await
+            .status,
+        200
+    );
+    assert!(eventually(|| scores(&feed, &prompt, &addresses) == [0.0, 1.0]).await);
+    for _ in 0..3 {
+        let answer = post_retrying(&http, &gateway, completion_body(&prompt, false)).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.picked, Some(sims[1].addr.to_string()));
+        assert!(
+            answer.cached_tokens.unwrap_or(0) > 0,
+            "served from cache: {answer:?}"
+        );
+    }
+
+    // Evicted there and cached on the first server instead: the requests move with it.
+    crowd_out(&http, &sims[1], 2..5).await;
+    assert_eq!(
+        post(&http, &direct(0), completion_body(&prompt, false))
+            .await
+            .status,
+        200
+    );
+    assert!(
+        eventually(|| scores(&feed, &prompt, &addresses) == [1.0, 0.0]).await,
+        "{:?}",
+        scores(&feed, &prompt, &addresses)
+    );
+    let answer = post_retrying(&http, &gateway, completion_body(&prompt, true)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.picked, Some(sims[0].addr.to_string()));
+    assert!(epp.metric("fusioninfer_epp_kv_index_blocks") > 0.0);
 }
 
 fn stored(hash: u64, tokens: Vec<u32>) -> KvEvent {
