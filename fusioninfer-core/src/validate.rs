@@ -2,6 +2,7 @@
 //! fields, name lengths, resource quantities, the embedded EndpointPickerConfig and HTTPRoute.
 //! Every problem is returned, each naming the role and field and saying what is allowed.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use fusioninfer_api::epp_config::{self, EndpointPickerConfig};
@@ -10,7 +11,9 @@ use fusioninfer_api::{ComponentType, InferenceService, MAX_ROLES, Role, RoutingS
 use gateway_api::httproutes::HttpRouteSpec;
 
 use crate::names::{DNS1035_LABEL_MAX, ROLE_NAME_MAX, longest_derived_name, service_name};
-use crate::plan::{DEFAULT_SERVING_PORT, gang_totals, plans_pd_sidecar, serving_port};
+use crate::plan::{
+    DEFAULT_SERVING_PORT, PD_SIDECAR_CONTAINER, gang_totals, plans_pd_sidecar, serving_port,
+};
 use crate::quantity::Nanos;
 
 /// One problem with a spec.
@@ -57,6 +60,7 @@ pub fn validate(isvc: &InferenceService) -> Vec<ValidationError> {
     }
     v.topology(roles);
     v.serving_ports(roles);
+    v.container_names(roles, plans_pd_sidecar(isvc));
     v.scheduling(isvc);
     // Sums over every serving role; only meaningful once each role is valid on its own.
     if v.errors.is_empty() {
@@ -225,6 +229,41 @@ impl Validator {
                         format!("{path}.template.spec.containers[0].ports"),
                         name,
                         format!("the serving port (the container port named http) is {port}; it must be between 1 and 65535"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Container names must be unique within a pod (the API server rejects the pod otherwise),
+    /// and with the PD sidecar planned, decoders must leave its name to it.
+    fn container_names(&mut self, roles: &[Role], pd_sidecar: bool) {
+        for (index, role) in roles.iter().enumerate() {
+            let containers = role
+                .template
+                .as_ref()
+                .and_then(|t| t.spec.as_ref())
+                .map(|s| s.containers.as_slice())
+                .unwrap_or_default();
+            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+            for (c, container) in containers.iter().enumerate() {
+                let path = format!("spec.roles[{index}].template.spec.containers[{c}].name");
+                let name = container.name.as_str();
+                if let Some(first) = seen.insert(name, c) {
+                    self.error(
+                        path.clone(),
+                        Some(&role.name),
+                        format!("{name:?} is also the name of containers[{first}]; container names must be unique in a pod"),
+                    );
+                }
+                if pd_sidecar
+                    && role.component_type == ComponentType::Decoder
+                    && name == PD_SIDECAR_CONTAINER
+                {
+                    self.error(
+                        path,
+                        Some(&role.name),
+                        format!("{name:?} is the name of the prefill/decode sidecar the router's configuration adds to decode pods; rename this container"),
                     );
                 }
             }

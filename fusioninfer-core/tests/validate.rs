@@ -911,3 +911,41 @@ fn quantities_with_spaces_are_rejected() {
         Some("w"),
     );
 }
+
+#[test]
+fn container_names_are_unique_in_a_pod() {
+    let two_named_vllm = json!({"spec": {"containers": [
+        {"name": "vllm", "image": "vllm/vllm-openai:v0.32.0"},
+        {"name": "vllm", "image": "busybox"},
+    ]}});
+    let isvc = service(vec![with(worker("w"), json!({"template": two_named_vllm}))]);
+    let error = only_error(
+        &isvc,
+        "spec.roles[0].template.spec.containers[1].name",
+        Some("w"),
+    );
+    assert!(error.message.contains("containers[0]"), "{}", error.message);
+}
+
+#[test]
+fn decoders_leave_the_pd_sidecars_container_name_to_it() {
+    let with_sidecar_name = json!({"spec": {"containers": [
+        {"name": "vllm", "image": "vllm/vllm-openai:v0.32.0"},
+        {"name": "pd-sidecar", "image": "my/proxy"},
+    ]}});
+    let roles = |strategy: &str| {
+        vec![
+            prefiller("p"),
+            with(decoder("d"), json!({"template": with_sidecar_name.clone()})),
+            with(router("r"), json!({"strategy": strategy})),
+        ]
+    };
+    let error = only_error(
+        &service(roles("pd-disaggregation")),
+        "spec.roles[1].template.spec.containers[1].name",
+        Some("d"),
+    );
+    assert!(error.message.contains("sidecar"), "{}", error.message);
+    // No sidecar is planned without a prefill-naming router: the name is the user's.
+    assert_valid(&service(roles("prefix-cache")));
+}
