@@ -199,9 +199,28 @@ impl KvEvent {
         match ty {
             "BlockStored" => Ok(KvEvent::BlockStored(BlockStored {
                 block_hashes: u64s("block_hashes")?,
-                parent_block_hash: get("parent_block_hash").and_then(Value::as_u64),
-                token_ids: u64s("token_ids")?.into_iter().map(|t| t as u32).collect(),
-                block_size: get("block_size").and_then(Value::as_u64).unwrap_or(0) as u32,
+                parent_block_hash: match get("parent_block_hash") {
+                    None | Some(Value::Nil) => None,
+                    // A parent that is there but unreadable must not pass for "first block":
+                    // the chain of keys would be wrong.
+                    Some(v) => Some(v.as_u64().ok_or_else(|| {
+                        DecodeError::Shape("parent_block_hash is not a u64".into())
+                    })?),
+                },
+                token_ids: u64s("token_ids")?
+                    .into_iter()
+                    .map(|t| {
+                        u32::try_from(t).map_err(|_| {
+                            DecodeError::Shape(format!("token id {t} does not fit 32 bits"))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+                block_size: match get("block_size").and_then(Value::as_u64) {
+                    None => 0,
+                    Some(size) => u32::try_from(size).map_err(|_| {
+                        DecodeError::Shape(format!("block_size {size} does not fit 32 bits"))
+                    })?,
+                },
                 lora_id: get("lora_id").and_then(Value::as_u64),
                 medium: opt_string("medium"),
                 lora_name: opt_string("lora_name"),
@@ -352,5 +371,31 @@ mod tests {
         let (topic, seq, back) = parse_frames(&[&f[0], &f[1], &f[2]]).unwrap();
         assert_eq!((topic.as_str(), seq), ("t", 258));
         assert_eq!(back, batch);
+    }
+
+    /// A `BlockStored` map with `parent_block_hash` and `token_ids` as given.
+    fn block_stored(parent: Value, token: Value) -> Value {
+        let s = |text: &str| Value::from(text);
+        Value::Map(vec![
+            (s("type"), s("BlockStored")),
+            (s("block_hashes"), Value::Array(vec![Value::from(5u64)])),
+            (s("parent_block_hash"), parent),
+            (s("token_ids"), Value::Array(vec![token])),
+            (s("block_size"), Value::from(1u64)),
+        ])
+    }
+
+    #[test]
+    fn values_that_do_not_fit_are_errors_not_truncations() {
+        let ok = KvEvent::from_value(&block_stored(Value::Nil, Value::from(7u64))).unwrap();
+        let KvEvent::BlockStored(ok) = ok else {
+            panic!("{ok:?}")
+        };
+        assert_eq!((ok.parent_block_hash, ok.token_ids), (None, vec![7]));
+        let too_big = Value::from(u64::from(u32::MAX) + 1);
+        assert!(KvEvent::from_value(&block_stored(Value::Nil, too_big)).is_err());
+        // An unreadable parent is not "no parent": the key chain would start over.
+        let bad_parent = Value::from("abc");
+        assert!(KvEvent::from_value(&block_stored(bad_parent, Value::from(7u64))).is_err());
     }
 }

@@ -34,6 +34,8 @@ use fusioninfer_kvcache::events::{BlockStored, KvEvent};
 use lru::LruCache;
 use xxhash_rust::xxh64::xxh64;
 
+/// Largest block size (tokens) accepted from events; engines use 16–256.
+pub const MAX_BLOCK_SIZE: usize = 4096;
 /// Default number of keys kept.
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 /// Default number of endpoints remembered per key (llm-d's `podCacheSize`).
@@ -381,7 +383,12 @@ impl Inner {
     ) -> bool {
         let block_size = stored.block_size as usize;
         let blocks = stored.block_hashes.len();
-        if block_size == 0 || stored.token_ids.len() != block_size.saturating_mul(blocks) {
+        // A block size no engine uses would make every request's key computation allocate
+        // for it: such an event is malformed, like one whose tokens do not fill its blocks.
+        if !(1..=MAX_BLOCK_SIZE).contains(&block_size)
+            || blocks == 0
+            || stored.token_ids.len() != block_size.saturating_mul(blocks)
+        {
             return false;
         }
         let Some(state) = self.endpoints.get_mut(&endpoint) else {
@@ -578,10 +585,20 @@ mod tests {
                 stored(&[1], None, vec![1, 2], 0),
                 stored(&[2], Some(99), vec![1, 2], 2),
                 KvEvent::Unknown("Future".into()),
+                // No blocks at all, with a block size that would make every later request
+                // allocate gigabytes for its keys.
+                stored(&[], None, vec![], u32::MAX),
+                stored(
+                    &[3],
+                    None,
+                    vec![7; MAX_BLOCK_SIZE + 1],
+                    (MAX_BLOCK_SIZE + 1) as u32,
+                ),
             ],
         );
-        assert_eq!(outcome.skipped_events, 3);
+        assert_eq!(outcome.skipped_events, 5);
         assert!(index.is_empty());
+        assert_eq!(index.block_size(addr(1)), None);
     }
 
     #[test]
