@@ -117,7 +117,29 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Plugin types that put the prefill endpoint of a decision in `x-prefiller-host-port`.
+pub const PREFILL_HEADER_HANDLER_TYPES: [&str; 1] = ["prefill-header-handler"];
+
+/// Profile handlers that disaggregate prefill from decode; the scheduler gives them a default
+/// header handler when the config declares none.
+pub const PD_PROFILE_HANDLER_TYPES: [&str; 2] = ["pd-profile-handler", "disagg-profile-handler"];
+
 impl EndpointPickerConfig {
+    /// Whether a plugin of type `type_` is declared.
+    pub fn has_plugin_type(&self, type_: &str) -> bool {
+        self.plugins.iter().any(|p| p.type_ == type_)
+    }
+
+    /// Whether routing with this config may name a prefiller per request (a header handler,
+    /// or a PD profile handler, which gets a default one): decode pods then need the
+    /// prefill/decode sidecar.
+    pub fn names_prefillers(&self) -> bool {
+        PREFILL_HEADER_HANDLER_TYPES
+            .iter()
+            .chain(&PD_PROFILE_HANDLER_TYPES)
+            .any(|type_| self.has_plugin_type(type_))
+    }
+
     /// Parses YAML (or JSON) and checks its structure: accepted `apiVersion` and `kind`, unique
     /// plugin instance names, at least one profile, unique profile names, and profile references
     /// that name a declared plugin. Returns every problem found.

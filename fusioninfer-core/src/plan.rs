@@ -73,9 +73,6 @@ pub const PD_ENGINE_PORT_ENV: &str = "FUSIONINFER_ENGINE_PORT";
 pub const PD_ENGINE_PORT: i32 = 8200;
 /// The sidecar's Prometheus metrics port (the next free one when taken).
 pub const PD_SIDECAR_METRICS_PORT: i32 = 9091;
-/// The scheduler plugin that names the prefiller in `x-prefiller-host-port`: a router whose
-/// configuration has it gets the sidecar on its decode pods.
-pub const PREFILL_HEADER_HANDLER: &str = "prefill-header-handler";
 
 /// Choices the caller makes that are not part of the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -869,15 +866,10 @@ fn router_config(role: &Role) -> String {
     }
 }
 
-/// Whether an EndpointPickerConfig names a prefiller per request (has a
-/// [`PREFILL_HEADER_HANDLER`]), so that decode pods need the prefill/decode sidecar.
+/// Whether an EndpointPickerConfig names a prefiller per request, so that decode pods need the
+/// prefill/decode sidecar ([`EndpointPickerConfig::names_prefillers`]).
 pub fn names_prefillers(config: &str) -> bool {
-    EndpointPickerConfig::parse(config).is_ok_and(|config| {
-        config
-            .plugins
-            .iter()
-            .any(|p| p.type_ == PREFILL_HEADER_HANDLER)
-    })
+    EndpointPickerConfig::parse(config).is_ok_and(|config| config.names_prefillers())
 }
 
 /// The ServiceAccount of the decode pods' sidecar (`{service}-pd-sidecar`).

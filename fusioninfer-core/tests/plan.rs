@@ -1073,3 +1073,26 @@ fn volcano_podgroup_counts_the_pd_sidecar_of_each_decode_leader() {
     let group = find(&jsons(&plain), "PodGroup", SVC);
     assert_eq!(group["spec"].get("minResources"), None);
 }
+
+#[test]
+fn a_pd_profile_handler_without_a_declared_header_handler_still_gets_decoders_the_sidecar() {
+    // The scheduler gives a PD profile handler a default prefill-header-handler, so such a
+    // config names prefillers too.
+    let pd_config = endpoint_picker_config(RoutingStrategy::PdDisaggregation);
+    let without_header_handler = pd_config.replace("- type: prefill-header-handler\n", "");
+    assert_ne!(without_header_handler, pd_config);
+    let isvc = pd_router(
+        8000,
+        json!({}),
+        json!({"endpointPickerConfig": without_header_handler}),
+    );
+    let objects = jsons(&isvc);
+    let decode = pod_spec(&objects, "StatefulSet", "llm-decode", "/spec/template/spec");
+    let names: Vec<&str> = decode["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vllm", "pd-sidecar"]);
+}

@@ -28,8 +28,8 @@ use crate::registry::{PluginContext, Registry};
 use crate::request::Request;
 use crate::scheduler::single_result;
 
-/// Plugin types that set [`PREFILLER_HOST_PORT`]; a PD handler gets a default one otherwise.
-pub const PREFILL_HEADER_HANDLER_TYPES: [&str; 1] = ["prefill-header-handler"];
+/// Plugin types that set the prefill header; a PD handler gets a default one otherwise.
+pub use fusioninfer_api::epp_config::PREFILL_HEADER_HANDLER_TYPES;
 
 const DEFAULT_PREFIX_PLUGIN: &str = "prefix-cache-scorer";
 

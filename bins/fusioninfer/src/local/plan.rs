@@ -729,11 +729,8 @@ fn pod_labels(objects: &[Value], service: &str, role: &Role) -> BTreeMap<String,
 
 /// Whether an EndpointPickerConfig has a plugin that reads the servers' KV events.
 fn reads_kv_events(config: &str) -> bool {
-    fusioninfer_api::epp_config::EndpointPickerConfig::parse(config).is_ok_and(|c| {
-        c.plugins
-            .iter()
-            .any(|p| p.type_ == "precise-prefix-cache-scorer")
-    })
+    fusioninfer_api::epp_config::EndpointPickerConfig::parse(config)
+        .is_ok_and(|c| c.has_plugin_type("precise-prefix-cache-scorer"))
 }
 
 /// The EndpointPickerConfig in the planner's ConfigMap.
