@@ -96,12 +96,14 @@ pub struct Options {
     pub base_models: Vec<String>,
     /// The model's Hugging Face `tokenizer.json`, used to tokenize prompts when the scheduler
     /// has a `precise-prefix-cache-scorer` (default: the deterministic fallback tokenizer that
-    /// `fusioninfer-sim` uses without a tokenizer file).
-    #[arg(long)]
+    /// `fusioninfer-sim` uses without a tokenizer file; it matches no real engine). Also read
+    /// from the environment, so that a router template can set it without repeating the
+    /// planner's arguments.
+    #[arg(long, env = "FUSIONINFER_EPP_TOKENIZER")]
     pub tokenizer: Option<PathBuf>,
     /// The model's chat template (default: `chat_template.jinja` or `tokenizer_config.json`
     /// beside `--tokenizer`).
-    #[arg(long, requires = "tokenizer")]
+    #[arg(long, env = "FUSIONINFER_EPP_CHAT_TEMPLATE", requires = "tokenizer")]
     pub chat_template: Option<PathBuf>,
 }
 

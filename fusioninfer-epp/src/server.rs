@@ -100,7 +100,16 @@ impl RunningEpp {
         } else {
             let tokenizer = match &options.tokenizer {
                 Some(path) => ModelTokenizer::from_file(path, options.chat_template.as_deref())?,
-                None => ModelTokenizer::fallback(),
+                None => {
+                    // Right for simulators (local mode, tests); against real engines no request
+                    // key would match what they publish.
+                    tracing::warn!(
+                        "no --tokenizer (FUSIONINFER_EPP_TOKENIZER): prompts are tokenized with \
+                         the simulator's fallback tokenizer, which matches no real model; give \
+                         the model's tokenizer.json for KV-event routing against real engines"
+                    );
+                    ModelTokenizer::fallback()
+                }
             };
             tracing::info!(
                 tokenizer = tokenizer.description(),
