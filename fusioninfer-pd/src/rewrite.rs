@@ -3,7 +3,7 @@
 //!
 //! * [`prefill_body`]: what the prefiller gets — the client's body with NIXL's
 //!   `kv_transfer_params {do_remote_decode: true, …}`, `stream: false`, `max_tokens` and
-//!   `max_completion_tokens` 1, and no `stream_options`;
+//!   `max_completion_tokens` 1, and no `stream_options` or `min_tokens`;
 //! * [`kv_transfer_params`]: the parameters the prefiller answers with;
 //! * [`decode_body`]: what the local engine gets — the client's body untouched (stream flag,
 //!   limits and `stream_options` as sent) plus the prefiller's parameters.
@@ -23,10 +23,14 @@ pub enum RewriteError {
     NotObject,
 }
 
-/// The paths whose requests go through the two-step protocol; every other path is passed
-/// through (the header is only stripped).
+/// The paths whose requests go through the two-step protocol (every other path is passed
+/// through, the header only stripped): the picker's own classification, so that every request
+/// it gives a prefiller is handed off.
 pub fn is_inference_path(path: &str) -> bool {
-    matches!(path, "/v1/chat/completions" | "/v1/completions")
+    matches!(
+        fusioninfer_epp::openai::route(path),
+        fusioninfer_epp::openai::Route::Inference(_)
+    )
 }
 
 /// NIXL's request-side parameters: "prefill only, keep the KV blocks for a remote decoder".
@@ -58,6 +62,8 @@ pub fn prefill_body(body: &[u8]) -> Result<Vec<u8>, RewriteError> {
     map.insert("max_tokens".to_owned(), json!(1));
     map.insert("max_completion_tokens".to_owned(), json!(1));
     map.remove("stream_options");
+    // vLLM refuses min_tokens > max_tokens (400): the client's minimum is the decoder's business.
+    map.remove("min_tokens");
     Ok(serde_json::to_vec(&Value::Object(map)).expect("a JSON value serializes"))
 }
 
@@ -106,10 +112,15 @@ mod tests {
             "max_tokens": 50,
             "max_completion_tokens": 60,
             "temperature": 0.5,
+            "min_tokens": 20,
             "kv_transfer_params": {"do_remote_prefill": true},
         });
         let out = parse(&prefill_body(original.to_string().as_bytes()).unwrap());
         assert_eq!(out["stream"], false);
+        assert!(
+            out.get("min_tokens").is_none(),
+            "more than max_tokens: vLLM says 400"
+        );
         assert_eq!(out["max_tokens"], 1);
         assert_eq!(out["max_completion_tokens"], 1);
         assert!(out.get("stream_options").is_none());
@@ -190,6 +201,10 @@ mod tests {
     fn only_completion_paths_are_handed_off() {
         assert!(is_inference_path("/v1/chat/completions"));
         assert!(is_inference_path("/v1/completions"));
+        assert!(
+            is_inference_path("/v1/completions/"),
+            "the picker routes it as one"
+        );
         for path in [
             "/v1/models",
             "/metrics",
