@@ -186,6 +186,17 @@ async fn post_retrying(http: &reqwest::Client, url: &str, body: String) -> commo
     post(http, url, body).await
 }
 
+/// Whether the picker's last scrape of every ready endpoint shows it idle: a scrape taken while
+/// a direct request was in flight would show these small caches 80 % used, which the
+/// saturation filter rightly takes out of the candidates.
+fn idle_in_picker(epp: &TestEpp) -> bool {
+    epp.epp
+        .store()
+        .ready()
+        .iter()
+        .all(|e| e.metrics.kv_cache_usage == 0.0 && e.metrics.waiting_requests == 0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_envoy_requests_follow_their_blocks_and_leave_after_eviction() {
     let Some(envoy_binary) = envoy_binary() else {
@@ -213,6 +224,7 @@ async fn through_envoy_requests_follow_their_blocks_and_leave_after_eviction() {
     );
     assert!(eventually(|| scores(&feed, &prompt, &addresses) == [0.0, 1.0]).await);
     for _ in 0..3 {
+        assert!(eventually(|| idle_in_picker(&epp)).await);
         let answer = post_retrying(&http, &gateway, completion_body(&prompt, false)).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert_eq!(answer.picked, Some(sims[1].addr.to_string()));
@@ -235,6 +247,7 @@ async fn through_envoy_requests_follow_their_blocks_and_leave_after_eviction() {
         "{:?}",
         scores(&feed, &prompt, &addresses)
     );
+    assert!(eventually(|| idle_in_picker(&epp)).await);
     let answer = post_retrying(&http, &gateway, completion_body(&prompt, true)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.picked, Some(sims[0].addr.to_string()));
