@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -326,6 +326,14 @@ impl InferenceService {
 }
 
 impl Role {
+    /// The containers of the role's pod template (none without a template).
+    pub fn containers(&self) -> &[Container] {
+        self.template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .map_or(&[], |s| s.containers.as_slice())
+    }
+
     /// Pods per replica: `multinode.nodeCount`, else 1.
     pub fn nodes_per_replica(&self) -> i32 {
         self.multinode.as_ref().map_or(1, |m| m.node_count)

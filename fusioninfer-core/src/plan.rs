@@ -916,10 +916,8 @@ pub fn epp_rbac_rules() -> Vec<PolicyRule> {
 /// The port model servers of `role` listen on: the container port named `http` of the first
 /// container, else [`DEFAULT_SERVING_PORT`].
 pub fn serving_port(role: &Role) -> i32 {
-    role.template
-        .as_ref()
-        .and_then(|t| t.spec.as_ref())
-        .and_then(|s| s.containers.first())
+    role.containers()
+        .first()
         .and_then(|c| c.ports.as_ref())
         .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some("http")))
         .map_or(DEFAULT_SERVING_PORT, |p| p.container_port)
@@ -1028,13 +1026,7 @@ pub fn gang_totals(roles: &[Role], pd_sidecar: bool) -> Result<GangTotals, Total
 /// [`pod_resources`], or the resource whose quantity does not parse or whose sum overflows.
 fn try_pod_resources(role: &Role) -> Result<BTreeMap<String, Nanos>, String> {
     let mut total: BTreeMap<String, Nanos> = BTreeMap::new();
-    let containers = role
-        .template
-        .as_ref()
-        .and_then(|t| t.spec.as_ref())
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default();
-    for container in containers {
+    for container in role.containers() {
         let Some(resources) = &container.resources else {
             continue;
         };

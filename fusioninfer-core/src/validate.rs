@@ -239,14 +239,8 @@ impl Validator {
     /// and with the PD sidecar planned, decoders must leave its name to it.
     fn container_names(&mut self, roles: &[Role], pd_sidecar: bool) {
         for (index, role) in roles.iter().enumerate() {
-            let containers = role
-                .template
-                .as_ref()
-                .and_then(|t| t.spec.as_ref())
-                .map(|s| s.containers.as_slice())
-                .unwrap_or_default();
             let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-            for (c, container) in containers.iter().enumerate() {
+            for (c, container) in role.containers().iter().enumerate() {
                 let path = format!("spec.roles[{index}].template.spec.containers[{c}].name");
                 let name = container.name.as_str();
                 if let Some(first) = seen.insert(name, c) {
@@ -274,12 +268,7 @@ impl Validator {
     /// must parse and not be negative, as the API server requires of pods.
     fn quantities(&mut self, path: &str, role: &Role) {
         let name = Some(role.name.as_str());
-        let containers = role
-            .template
-            .iter()
-            .filter_map(|t| t.spec.as_ref())
-            .flat_map(|s| &s.containers);
-        for (c, container) in containers.enumerate() {
+        for (c, container) in role.containers().iter().enumerate() {
             let Some(resources) = &container.resources else {
                 continue;
             };
@@ -325,12 +314,7 @@ impl Validator {
             }
         }
         // Several containers override the endpoint picker's by name: each needs one.
-        let containers = role
-            .template
-            .iter()
-            .filter_map(|t| t.spec.as_ref())
-            .flat_map(|s| &s.containers)
-            .collect::<Vec<_>>();
+        let containers = role.containers();
         if containers.len() > 1 {
             for (c, container) in containers.iter().enumerate() {
                 if container.name.is_empty() {
