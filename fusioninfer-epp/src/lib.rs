@@ -25,6 +25,7 @@
 pub mod endpoints;
 pub mod ext_proc;
 pub mod kv_events;
+pub mod logging;
 pub mod metrics;
 pub mod openai;
 pub mod options;

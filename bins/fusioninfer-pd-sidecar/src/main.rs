@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use fusioninfer_epp::logging::LogFormat;
 use fusioninfer_pd::{Options, RunningSidecar};
 
 #[derive(Parser, Debug)]
@@ -31,24 +32,10 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    fusioninfer_epp::logging::init(args.log_format);
     let sidecar = match RunningSidecar::start(&args.options).await {
         Ok(sidecar) => sidecar,
         Err(error) => {
