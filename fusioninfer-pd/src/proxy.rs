@@ -182,27 +182,36 @@ impl Proxy {
             self.buffered(target, &path_and_query, headers.clone(), prefill),
         )
         .await;
+        // The prefiller's parameters are read once; `Ok` carries them to the decode request.
+        let mut params = None;
         let outcome = match &answer {
             Err(_) => PrefillOutcome::Timeout,
             Ok(Err(_)) => PrefillOutcome::Unreachable,
             Ok(Ok(a)) if a.status.is_client_error() => PrefillOutcome::ClientError,
             Ok(Ok(a)) if !a.status.is_success() => PrefillOutcome::ServerError,
-            Ok(Ok(a)) if kv_transfer_params(&a.body).is_none() => PrefillOutcome::NoKvParams,
-            Ok(Ok(_)) => PrefillOutcome::Ok,
+            Ok(Ok(a)) => {
+                params = kv_transfer_params(&a.body);
+                if params.is_some() {
+                    PrefillOutcome::Ok
+                } else {
+                    PrefillOutcome::NoKvParams
+                }
+            }
         };
         self.metrics.prefill(outcome, started.elapsed());
-        let decode = match (outcome, answer) {
-            (PrefillOutcome::ClientError, Ok(Ok(a))) => {
+        let decode = match (outcome, answer, params) {
+            (PrefillOutcome::ClientError, Ok(Ok(a)), _) => {
                 let mut response = Response::new(Body::from(a.body));
                 *response.status_mut() = a.status;
                 *response.headers_mut() = forwardable(&a.headers);
                 return response;
             }
-            (PrefillOutcome::Ok, Ok(Ok(a))) => {
-                let params = kv_transfer_params(&a.body).expect("checked above");
-                decode_body(&original, &params).expect("parsed above")
-            }
-            (outcome, answer) => {
+            (PrefillOutcome::Ok, _, Some(params)) => match decode_body(&original, &params) {
+                Ok(body) => body,
+                // prefill_body parsed the same bytes; unreachable, but never a panic.
+                Err(_) => original.to_vec(),
+            },
+            (outcome, answer, _) => {
                 let detail = match answer {
                     Err(_) => format!("no answer within {:?}", self.settings.prefill_timeout),
                     Ok(Err(e)) => e,
